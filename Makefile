@@ -1,0 +1,51 @@
+# Thin wrapper over deno.json's tasks. Installs Deno 2.9.6 from npm into
+# .tools/ when no deno is on PATH (the npm registry is what we can reach).
+
+DENO_VERSION := 2.9.6
+DENO := $(shell command -v deno 2>/dev/null || echo $(CURDIR)/.tools/node_modules/.bin/deno)
+export PATH := $(CURDIR)/.tools/node_modules/.bin:$(PATH)
+
+# The permissions baked into dist/letterbox: network, the Maildir root and the
+# certificate folder, the LETTERBOX_* variables and the host name, nothing else.
+# Override for your layout, e.g. make build MAIL_ROOT=/srv/mail.
+MAIL_ROOT ?= /var/vmail
+CERT_DIR ?= /etc/letterbox
+RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir,./certs --allow-write=./Maildir \
+	--allow-env=LETTERBOX_* --allow-sys=hostname
+BUILD_PERMISSIONS = --allow-net --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
+	--allow-env=LETTERBOX_* --allow-sys=hostname
+
+.PHONY: run test bench build certs deno clean
+
+deno:
+	@if ! "$(DENO)" --version >/dev/null 2>&1; then \
+		echo "Installing Deno $(DENO_VERSION) from npm into .tools/"; \
+		npm install --silent --no-audit --no-fund --prefix .tools deno@$(DENO_VERSION) >/dev/null; \
+	fi
+	@"$(DENO)" install --frozen --quiet
+
+# Starts Letterbox on 127.0.0.1:2525, delivering to ./Maildir, with STARTTLS on a
+# self-signed certificate made at start.
+run: deno
+	@mkdir -p Maildir
+	"$(DENO)" run $(RUN_PERMISSIONS) main.ts $(ARGS)
+
+test: deno certs
+	"$(DENO)" fmt --check
+	"$(DENO)" lint
+	"$(DENO)" check main.ts src/ tests/ bench/
+	"$(DENO)" test --allow-all --frozen tests/
+
+bench: deno certs
+	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
+
+# deno compile downloads its runtime (denort) the first time; where that is not
+# reachable, point DENORT_BIN at a denort binary for Deno $(DENO_VERSION).
+build: deno
+	"$(DENO)" compile $(BUILD_PERMISSIONS) --output dist/letterbox main.ts
+
+certs:
+	@sh certs/make-certs.sh >/dev/null
+
+clean:
+	rm -rf dist .tools

@@ -1,0 +1,95 @@
+/**
+ * Letterbox: configuration -> logging -> certificates -> server -> signals.
+ *
+ * @module
+ */
+
+import type { SecureContext } from "node:tls";
+import { ConfigError, HELP, parseConfig } from "./src/config.ts";
+import { readKeyPair, secureContext, selfSignedKeyPair } from "./src/certificates.ts";
+import { LocalDelivery } from "./src/delivery/local.ts";
+import { Router } from "./src/delivery/router.ts";
+import { configureLogging, logger } from "./src/log.ts";
+import { Server } from "./src/server.ts";
+import { VERSION } from "./src/version.ts";
+
+function fail(error: unknown): never {
+  const message = error instanceof ConfigError ? error.message : `Cannot start: ${error instanceof Error ? error.message : error}`;
+  Deno.stderr.writeSync(new TextEncoder().encode(`letterbox: ${message}\n`));
+  Deno.exit(2);
+}
+
+async function main(): Promise<void> {
+  let invocation;
+  try {
+    invocation = parseConfig(Deno.args, (name) => Deno.env.get(name), () => Deno.hostname());
+  } catch (error) {
+    fail(error);
+  }
+  if (invocation.kind === "help") return void Deno.stdout.writeSync(new TextEncoder().encode(HELP));
+  if (invocation.kind === "version") {
+    return void Deno.stdout.writeSync(new TextEncoder().encode(`letterbox ${VERSION} (deno ${Deno.version.deno})\n`));
+  }
+  const config = invocation.config;
+  await configureLogging(config.logLevel, config.logFormat);
+  const log = logger("server");
+
+  let tlsContext: SecureContext | undefined;
+  try {
+    if (config.tls && config.tlsCert && config.tlsKey) {
+      tlsContext = secureContext(await readKeyPair(config.tlsCert, config.tlsKey));
+    } else if (config.tls) {
+      tlsContext = secureContext(await selfSignedKeyPair(config.hostname));
+      log.warn("No --tls-cert given: using a self-signed certificate for {hostname}", { hostname: config.hostname });
+    }
+  } catch (error) {
+    fail(error);
+  }
+  if (config.domains.length === 0) {
+    log.warn("No --domain given: accepting mail for any domain");
+  }
+
+  const router = new Router({
+    maildir: config.maildir,
+    domains: config.domains,
+    defaultDomain: config.domains[0] ?? config.hostname,
+  });
+  const server = new Server({
+    session: {
+      hostname: config.hostname,
+      maxMessageSize: config.maxMessageSize,
+      maxRecipients: config.maxRecipients,
+      maxErrors: config.maxErrors,
+      requireTls: config.requireTls,
+      checkRecipient: (recipient) => router.check(recipient),
+    },
+    delivery: new LocalDelivery(router, config.hostname),
+    tlsContext: () => tlsContext,
+    commandTimeout: config.commandTimeout,
+    dataTimeout: config.dataTimeout,
+    log: logger("smtp"),
+  });
+  try {
+    await server.start([
+      ...config.listen.map((address) => ({ address, implicitTls: false })),
+      ...config.listenTls.map((address) => ({ address, implicitTls: true })),
+    ]);
+  } catch (error) {
+    fail(error);
+  }
+  log.info("Letterbox {version} ready, delivering to {maildir}", { version: VERSION, maildir: config.maildir });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info("Received {signal}: shutting down", { signal });
+    await server.shutdown(config.shutdownGrace);
+    log.info("Stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+}
+
+if (import.meta.main) await main();

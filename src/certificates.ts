@@ -1,0 +1,75 @@
+/**
+ * TLS material: the operator's PEM files, or one self-signed certificate made
+ * in memory at start when none is given (for local use and for MX peers,
+ * which do not verify certificates by default).
+ *
+ * @module
+ */
+
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
+import tls from "node:tls";
+import { ConfigError } from "./config.ts";
+
+/** A certificate chain and its key, PEM-encoded. */
+export interface KeyPair {
+  readonly cert: string;
+  readonly key: string;
+}
+
+/** Builds a server context; only TLS 1.2 and newer, as RFC 8996 asks. */
+export function secureContext(pair: KeyPair): tls.SecureContext {
+  return tls.createSecureContext({ cert: pair.cert, key: pair.key, minVersion: "TLSv1.2" });
+}
+
+/** Reads and checks a PEM certificate chain and key; throws {@link ConfigError}. */
+export async function readKeyPair(certFile: string, keyFile: string): Promise<KeyPair> {
+  const read = async (file: string, flag: string) => {
+    try {
+      return await Deno.readTextFile(file);
+    } catch (error) {
+      throw new ConfigError(
+        `Cannot read ${flag} ${JSON.stringify(file)}: ${error instanceof Error ? error.message : error}`,
+      );
+    }
+  };
+  const pair = { cert: await read(certFile, "--tls-cert"), key: await read(keyFile, "--tls-key") };
+  try {
+    secureContext(pair);
+  } catch (error) {
+    throw new ConfigError(
+      `Cannot use --tls-cert ${JSON.stringify(certFile)} with --tls-key ${JSON.stringify(keyFile)}: ${
+        error instanceof Error ? error.message : error
+      }`,
+    );
+  }
+  return pair;
+}
+
+/** Makes a self-signed ECDSA P-256 certificate for `hostname`, valid for a year. */
+export async function selfSignedKeyPair(hostname: string): Promise<KeyPair> {
+  x509.cryptoProvider.set(crypto);
+  const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
+  const keys = await crypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
+  const now = Date.now();
+  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+      .join("").replace(/^[89a-f]/, "1"),
+    name: `CN=${hostname}`,
+    notBefore: new Date(now - 60_000),
+    notAfter: new Date(now + 365 * 86_400_000),
+    signingAlgorithm: algorithm,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.SubjectAlternativeNameExtension([{ type: "dns", value: hostname }]),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    ],
+  });
+  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
+  const base64 = btoa(String.fromCharCode(...pkcs8)).replace(/.{64}/g, "$&\n").trimEnd();
+  return {
+    cert: certificate.toString("pem"),
+    key: `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`,
+  };
+}

@@ -1,0 +1,236 @@
+/**
+ * Pure parsers for SMTP command lines: the verb, MAIL and RCPT paths, their
+ * ESMTP parameters, and the EHLO argument. Nothing here does I/O; every
+ * function returns data or a named failure that the session turns into a reply.
+ *
+ * @module
+ */
+
+import { LIMITS } from "./limits.ts";
+
+/** A command line split into its upper-cased verb and the rest. */
+export interface CommandLine {
+  /** The command verb, upper-cased (`MAIL`, `EHLO`, ...). */
+  readonly verb: string;
+  /** Everything after the first space, without surrounding spaces. */
+  readonly argument: string;
+}
+
+/** A mailbox address: `local@domain`; `domain` is empty only for `<postmaster>`. */
+export interface Address {
+  /** The local part as sent, quotes included when it was a quoted string. */
+  readonly local: string;
+  /** The local part without quotes and quoted-pair escapes. */
+  readonly localText: string;
+  /** The domain as sent (a name or an address literal). */
+  readonly domain: string;
+  /** True when local part or domain holds non-ASCII characters (RFC 6531). */
+  readonly utf8: boolean;
+}
+
+/** Why a path or parameter list was refused. */
+export type ParseFailure =
+  | "syntax"
+  | "bad-address"
+  | "too-long"
+  | "needs-smtputf8"
+  | "unknown-parameter";
+
+/** A parsed `MAIL FROM:` argument. */
+export interface MailArgument {
+  /** The reverse-path; `null` is the null sender `<>`. */
+  readonly sender: Address | null;
+  /** The declared size from `SIZE=` (RFC 1870), if any. */
+  readonly size?: number;
+  /** The declared body type from `BODY=` (RFC 6152), if any. */
+  readonly body?: "7BIT" | "8BITMIME";
+  /** True when the client asked for SMTPUTF8 (RFC 6531). */
+  readonly smtpUtf8: boolean;
+}
+
+/** The outcome of a parser: a value or the reason it failed. */
+export type Parsed<T> = { readonly ok: true; readonly value: T } | {
+  readonly ok: false;
+  readonly failure: ParseFailure;
+};
+
+/** Splits a command line into its verb and argument. */
+export function parseCommandLine(line: string): CommandLine {
+  const space = line.indexOf(" ");
+  if (space === -1) return { verb: line.toUpperCase(), argument: "" };
+  return { verb: line.slice(0, space).toUpperCase(), argument: line.slice(space + 1).trim() };
+}
+
+/** True when the text holds a C0 control character or DEL, which no command may carry. */
+export function hasControlCharacters(text: string): boolean {
+  // deno-lint-ignore no-control-regex
+  return /[\x00-\x1f\x7f]/.test(text);
+}
+
+// RFC 5321 4.1.2: atext, extended by RFC 6531 3.3 with every non-ASCII character.
+const ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+$/u;
+// RFC 5321 4.1.2: qtextSMTP and quoted-pairSMTP inside double quotes.
+const QUOTED_STRING = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\u{10FFFF}]|\\[\x20-\x7e])*)"$/u;
+// A domain label (RFC 5321 4.1.2 sub-domain), with U-labels allowed (RFC 6531 3.3).
+const LABEL = /^[A-Za-z0-9\u0080-\u{10FFFF}](?:[A-Za-z0-9\-\u0080-\u{10FFFF}]*[A-Za-z0-9\u0080-\u{10FFFF}])?$/u;
+// An address literal (RFC 5321 4.1.3): kept to the characters IPv4 and IPv6 use.
+const ADDRESS_LITERAL = /^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]{2,45})\]$/;
+// ESMTP parameters (RFC 5321 4.1.2 esmtp-keyword and esmtp-value; RFC 6531 3.3).
+const PARAMETER_KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
+const PARAMETER_VALUE = /^[\x21-\x3c\x3e-\x7e\u0080-\u{10FFFF}]+$/u;
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** True when `domain` is a syntactically valid domain name (RFC 5321 4.1.2). */
+export function isDomainName(domain: string): boolean {
+  if (domain.length === 0 || new TextEncoder().encode(domain).length > LIMITS.maxDomain) {
+    return false;
+  }
+  return domain.split(".").every((label) => label.length <= 63 && LABEL.test(label));
+}
+
+/** True when `domain` is a name or an address literal such as `[192.0.2.1]`. */
+export function isDomainOrLiteral(domain: string): boolean {
+  return ADDRESS_LITERAL.test(domain) || isDomainName(domain);
+}
+
+/**
+ * Parses the mailbox inside angle brackets (without the brackets), dropping an
+ * obsolete source route (`@a,@b:`) as RFC 5321 4.1.1.3 says servers should.
+ */
+export function parseMailbox(text: string, allowPostmaster: boolean): Parsed<Address> {
+  let mailbox = text;
+  if (mailbox.startsWith("@")) {
+    const colon = mailbox.indexOf(":");
+    if (colon === -1) return { ok: false, failure: "bad-address" };
+    mailbox = mailbox.slice(colon + 1);
+  }
+  const at = mailbox.lastIndexOf("@");
+  if (at === -1) {
+    // RFC 5321 4.5.1: <postmaster> without a domain must be accepted for RCPT.
+    if (allowPostmaster && mailbox.toLowerCase() === "postmaster") {
+      return {
+        ok: true,
+        value: { local: mailbox, localText: mailbox, domain: "", utf8: false },
+      };
+    }
+    return { ok: false, failure: "bad-address" };
+  }
+  const local = mailbox.slice(0, at);
+  const domain = mailbox.slice(at + 1);
+  let localText: string;
+  const quoted = QUOTED_STRING.exec(local);
+  if (quoted) {
+    localText = quoted[1].replace(/\\(.)/g, "$1");
+  } else if (local.split(".").every((atom) => ATOM.test(atom))) {
+    localText = local;
+  } else {
+    return { ok: false, failure: "bad-address" };
+  }
+  const encoder = new TextEncoder();
+  if (encoder.encode(local).length > LIMITS.maxLocalPart) return { ok: false, failure: "too-long" };
+  if (!isDomainOrLiteral(domain)) return { ok: false, failure: "bad-address" };
+  return {
+    ok: true,
+    value: { local, localText, domain, utf8: NON_ASCII.test(mailbox) },
+  };
+}
+
+/** Splits `FROM:<path> params` or `TO:<path> params` into the path and the parameters text. */
+function splitPathArgument(
+  argument: string,
+  keyword: "FROM:" | "TO:",
+): { path: string; parameters: string } | undefined {
+  if (argument.slice(0, keyword.length).toUpperCase() !== keyword) return undefined;
+  // Postfix and most servers allow a space after the colon; RFC 5321 does not, but
+  // real clients send it.
+  const rest = argument.slice(keyword.length).trimStart();
+  if (!rest.startsWith("<")) return undefined;
+  const close = rest.indexOf(">");
+  if (close === -1) return undefined;
+  const after = rest.slice(close + 1);
+  if (after !== "" && !after.startsWith(" ")) return undefined;
+  return { path: rest.slice(1, close), parameters: after.trim() };
+}
+
+/** Parses `KEY=VALUE KEY2` into upper-cased keys; a repeated key is a syntax error. */
+export function parseParameters(text: string): Parsed<Map<string, string | true>> {
+  const parameters = new Map<string, string | true>();
+  if (text === "") return { ok: true, value: parameters };
+  for (const item of text.split(/ +/)) {
+    const equals = item.indexOf("=");
+    const key = (equals === -1 ? item : item.slice(0, equals)).toUpperCase();
+    const value = equals === -1 ? true : item.slice(equals + 1);
+    if (!PARAMETER_KEYWORD.test(key) || parameters.has(key)) return { ok: false, failure: "syntax" };
+    if (value !== true && !PARAMETER_VALUE.test(value)) return { ok: false, failure: "syntax" };
+    parameters.set(key, value);
+  }
+  return { ok: true, value: parameters };
+}
+
+/** Parses the argument of `MAIL` (`FROM:<path> [SIZE=n] [BODY=...] [SMTPUTF8]`). */
+export function parseMailArgument(argument: string): Parsed<MailArgument> {
+  const split = splitPathArgument(argument, "FROM:");
+  if (!split) return { ok: false, failure: "syntax" };
+  if (new TextEncoder().encode(split.path).length + 2 > LIMITS.maxPath) {
+    return { ok: false, failure: "too-long" };
+  }
+  const parameters = parseParameters(split.parameters);
+  if (!parameters.ok) return parameters;
+  let size: number | undefined;
+  let body: "7BIT" | "8BITMIME" | undefined;
+  let smtpUtf8 = false;
+  for (const [key, value] of parameters.value) {
+    if (key === "SIZE" && typeof value === "string" && /^\d{1,20}$/.test(value)) {
+      size = Number(value);
+    } else if (key === "BODY" && typeof value === "string") {
+      const upper = value.toUpperCase();
+      if (upper !== "7BIT" && upper !== "8BITMIME") return { ok: false, failure: "syntax" };
+      body = upper;
+    } else if (key === "SMTPUTF8" && value === true) {
+      smtpUtf8 = true;
+    } else if (key === "SIZE" || key === "SMTPUTF8") {
+      return { ok: false, failure: "syntax" };
+    } else {
+      return { ok: false, failure: "unknown-parameter" };
+    }
+  }
+  if (split.path === "") return { ok: true, value: { sender: null, size, body, smtpUtf8 } };
+  const sender = parseMailbox(split.path, false);
+  if (!sender.ok) return sender;
+  if (sender.value.utf8 && !smtpUtf8) return { ok: false, failure: "needs-smtputf8" };
+  return { ok: true, value: { sender: sender.value, size, body, smtpUtf8 } };
+}
+
+/** Parses the argument of `RCPT` (`TO:<path>`); Letterbox supports no RCPT parameters. */
+export function parseRcptArgument(argument: string, smtpUtf8: boolean): Parsed<Address> {
+  const split = splitPathArgument(argument, "TO:");
+  if (!split || split.path === "") return { ok: false, failure: "syntax" };
+  if (new TextEncoder().encode(split.path).length + 2 > LIMITS.maxPath) {
+    return { ok: false, failure: "too-long" };
+  }
+  const parameters = parseParameters(split.parameters);
+  if (!parameters.ok) return parameters;
+  if (parameters.value.size > 0) return { ok: false, failure: "unknown-parameter" };
+  const recipient = parseMailbox(split.path, true);
+  if (!recipient.ok) return recipient;
+  if (recipient.value.utf8 && !smtpUtf8) return { ok: false, failure: "needs-smtputf8" };
+  return recipient;
+}
+
+/**
+ * Parses the EHLO/HELO argument: one word, a domain or an address literal.
+ * Like Postfix by default, Letterbox accepts any single printable word, since
+ * many honest clients send a bare or malformed name; control characters
+ * were refused before this point, so the name is safe to put in a header.
+ */
+export function parseHeloArgument(argument: string): string | undefined {
+  if (argument === "" || /\s/.test(argument) || argument.length > LIMITS.maxDomain) {
+    return undefined;
+  }
+  return argument;
+}
+
+/** Formats an address for the envelope (`local@domain`, or `postmaster`). */
+export function formatAddress(address: Address): string {
+  return address.domain === "" ? address.local : `${address.local}@${address.domain}`;
+}

@@ -1,0 +1,97 @@
+/**
+ * Local delivery: one copy of each message per distinct destination Maildir,
+ * each with its own trace headers, all durable before commit resolves.
+ *
+ * @module
+ */
+
+import type { Address } from "../commands.ts";
+import type { Delivery, DeliveryTransaction, Envelope, StoredCopy } from "./delivery.ts";
+import { MaildirFile, syncDirectory } from "./maildir.ts";
+import type { Router } from "./router.ts";
+import { traceHeaders } from "./trace.ts";
+
+const encoder = new TextEncoder();
+
+interface Copy {
+  readonly maildir: string;
+  readonly recipients: Address[];
+  file?: MaildirFile;
+}
+
+/** Stores messages into Maildirs chosen by a {@link Router}. */
+export class LocalDelivery implements Delivery {
+  readonly #router: Router;
+  readonly #hostname: string;
+
+  /** Creates a delivery that names itself `hostname` in trace headers and file names. */
+  constructor(router: Router, hostname: string) {
+    this.#router = router;
+    this.#hostname = hostname;
+  }
+
+  /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
+  async begin(envelope: Envelope): Promise<DeliveryTransaction> {
+    const byMaildir = new Map<string, Copy>();
+    for (const recipient of envelope.recipients) {
+      const maildir = this.#router.maildirFor(recipient);
+      let copy = byMaildir.get(maildir);
+      if (!copy) byMaildir.set(maildir, copy = { maildir, recipients: [] });
+      copy.recipients.push(recipient);
+    }
+    const copies = [...byMaildir.values()];
+    const transaction = new LocalTransaction(copies);
+    try {
+      await Promise.all(copies.map(async (copy) => {
+        copy.file = await MaildirFile.create(copy.maildir, this.#hostname);
+        const mailboxes = copy.recipients.map((r) => this.#router.mailboxAddress(r));
+        await copy.file.write(
+          encoder.encode(traceHeaders(envelope, this.#hostname, mailboxes, copy.recipients)),
+        );
+      }));
+    } catch (error) {
+      await transaction.abort();
+      throw error;
+    }
+    return transaction;
+  }
+}
+
+class LocalTransaction implements DeliveryTransaction {
+  readonly #copies: Copy[];
+  #done = false;
+
+  constructor(copies: Copy[]) {
+    this.#copies = copies;
+  }
+
+  async write(content: Uint8Array): Promise<void> {
+    if (this.#copies.length === 1) return await this.#copies[0].file!.write(content);
+    await Promise.all(this.#copies.map((copy) => copy.file!.write(content)));
+  }
+
+  async commit(): Promise<StoredCopy[]> {
+    this.#done = true;
+    const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
+    try {
+      await Promise.all(this.#copies.map(async (copy, i) => {
+        const path = await copy.file!.commit();
+        stored[i] = { maildir: copy.maildir, path, recipients: copy.recipients };
+      }));
+      await Promise.all([...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectory));
+      return stored as StoredCopy[];
+    } catch (error) {
+      // All or nothing: a copy already in new/ is taken back, so the 4xx that
+      // follows is honest and the client's retry does not duplicate it.
+      await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
+      await Promise.all(stored.map((copy) => copy && Deno.remove(copy.path).catch(() => {})));
+      throw error;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * Writing files into a Maildir the way D. J. Bernstein's specification and
+ * Dovecot expect: the whole message into `tmp/`, fsync, rename into `new/`,
+ * fsync `new/`. Knows files, not SMTP.
+ *
+ * @module
+ */
+
+const DIRECTORY_MODE = 0o700;
+const FILE_MODE = 0o600;
+const LF = 0x0a;
+
+let sequence = 0;
+
+/**
+ * Escapes a host name for a Maildir file name: `/` becomes `\057` and `:`
+ * becomes `\072`, as the Maildir specification says.
+ */
+export function escapeHostname(hostname: string): string {
+  return hostname.replaceAll("/", "\\057").replaceAll(":", "\\072");
+}
+
+/**
+ * A unique base name: `<secs>.M<usecs>P<pid>Q<seq>.<host>`. The microseconds,
+ * the process id and a per-process counter make it unique on this host, and
+ * the host name across hosts.
+ */
+export function uniqueName(hostname: string, pid: number, now: number = Date.now()): string {
+  const seconds = Math.floor(now / 1000);
+  const micros = Math.floor((performance.timeOrigin + performance.now()) * 1000) % 1_000_000;
+  sequence++;
+  return `${seconds}.M${micros}P${pid}Q${sequence}.${escapeHostname(hostname)}`;
+}
+
+/** Creates `dir` with `tmp/`, `new/` and `cur/` if they are missing (mode 0700). */
+export async function ensureMaildir(dir: string): Promise<void> {
+  for (const sub of ["tmp", "new", "cur"]) {
+    await Deno.mkdir(`${dir}/${sub}`, { recursive: true, mode: DIRECTORY_MODE });
+  }
+}
+
+/** A file being written into `tmp/`; {@link commit} moves it into `new/`. */
+export class MaildirFile {
+  readonly #dir: string;
+  readonly #base: string;
+  readonly #file: Deno.FsFile;
+  #size = 0;
+  #lines = 0;
+  #closed = false;
+
+  private constructor(dir: string, base: string, file: Deno.FsFile) {
+    this.#dir = dir;
+    this.#base = base;
+    this.#file = file;
+  }
+
+  /** Creates a new file in `dir/tmp/`, making the Maildir first if needed. */
+  static async create(dir: string, hostname: string): Promise<MaildirFile> {
+    await ensureMaildir(dir);
+    const base = uniqueName(hostname, Deno.pid);
+    const file = await Deno.open(`${dir}/tmp/${base}`, {
+      write: true,
+      createNew: true,
+      mode: FILE_MODE,
+    });
+    return new MaildirFile(dir, base, file);
+  }
+
+  /** The path of the file while it is in `tmp/`. */
+  get tmpPath(): string {
+    return `${this.#dir}/tmp/${this.#base}`;
+  }
+
+  /** Appends bytes; counts them and their LFs for the `S=` and `W=` name fields. */
+  async write(bytes: Uint8Array): Promise<void> {
+    let lines = 0;
+    let at = bytes.indexOf(LF);
+    while (at !== -1) {
+      lines++;
+      at = bytes.indexOf(LF, at + 1);
+    }
+    let offset = 0;
+    while (offset < bytes.length) offset += await this.#file.write(bytes.subarray(offset));
+    this.#size += bytes.length;
+    this.#lines += lines;
+  }
+
+  /**
+   * Syncs the file, renames it into `new/` with `,S=<size>,W=<size with
+   * CRLF>` (Dovecot reads both to skip a stat and a scan) and returns the new
+   * path. The caller syncs `new/` itself, so that copies can share one sync.
+   */
+  async commit(): Promise<string> {
+    await this.#file.sync();
+    this.#closed = true;
+    this.#file.close();
+    const name = `${this.#base},S=${this.#size},W=${this.#size + this.#lines}`;
+    const path = `${this.#dir}/new/${name}`;
+    await Deno.rename(this.tmpPath, path);
+    return path;
+  }
+
+  /** Closes and removes the file from `tmp/`; never throws. */
+  async discard(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        this.#file.close();
+      } catch { /* already closed */ }
+    }
+    await Deno.remove(this.tmpPath).catch(() => {});
+  }
+}
+
+/** Makes a directory's entries durable: after a rename, the new name survives a power cut. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await Deno.open(dir, { read: true });
+  try {
+    await handle.sync();
+  } finally {
+    handle.close();
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Decides which recipients we take mail for and which Maildir each one's
+ * copy goes to. Pure string work: the Maildir path is computed, never
+ * touched, here.
+ *
+ * @module
+ */
+
+import type { Address } from "../commands.ts";
+import { type Reply, REPLIES } from "../replies.ts";
+
+/** The placeholders a Maildir template may hold. */
+export const PLACEHOLDERS = ["{domain}", "{user}", "{local}"] as const;
+
+/** How recipients are routed. */
+export interface RouterOptions {
+  /** One Maildir path, or a template with {@link PLACEHOLDERS}. */
+  readonly maildir: string;
+  /** Domains we accept mail for, lower-cased; empty means any. */
+  readonly domains: readonly string[];
+  /** The domain `<postmaster>` (no domain) belongs to. */
+  readonly defaultDomain: string;
+}
+
+// A value that becomes one path segment: no separators, no dot-segments, no
+// leading dot (Maildir++ folders and hidden files start with one), no
+// controls. Looked at after unquoting, since that is what reaches the path.
+// deno-lint-ignore no-control-regex
+const UNSAFE_SEGMENT = /[\/\\\x00-\x1f\x7f]|^\.|\.\.|^$/;
+const MAX_SEGMENT_BYTES = 255;
+
+/** Routes recipients to Maildirs; one instance serves the whole server. */
+export class Router {
+  #options: RouterOptions;
+  #domains: Set<string>;
+  #templated: boolean;
+
+  /** Creates a router; the template was validated by the configuration. */
+  constructor(options: RouterOptions) {
+    this.#options = options;
+    this.#domains = new Set(options.domains.map((domain) => domain.toLowerCase()));
+    this.#templated = PLACEHOLDERS.some((placeholder) => options.maildir.includes(placeholder));
+  }
+
+  /** Says why a recipient is refused, or `undefined` when we take mail for it. */
+  check(recipient: Address): Reply | undefined {
+    const domain = this.#domainOf(recipient);
+    if (this.#domains.size > 0 && !this.#domains.has(domain)) return REPLIES.relayDenied;
+    // Refused whether or not the template uses them, so that changing the
+    // template never makes an accepted address dangerous.
+    if (!isSafeSegment(recipient.localText) || !isSafeSegment(userOf(recipient))) {
+      return REPLIES.unsafeRecipient;
+    }
+    if (!isSafeSegment(domain) || domain.startsWith("[")) {
+      return this.#templated && this.#options.maildir.includes("{domain}")
+        ? REPLIES.unsafeRecipient
+        : undefined;
+    }
+    return undefined;
+  }
+
+  /** The Maildir a recipient's copy goes to; call only for recipients {@link check} accepted. */
+  maildirFor(recipient: Address): string {
+    if (!this.#templated) return this.#options.maildir;
+    return this.#options.maildir
+      .replaceAll("{domain}", this.#domainOf(recipient))
+      .replaceAll("{user}", userOf(recipient))
+      .replaceAll("{local}", recipient.localText);
+  }
+
+  /** The address as delivery names it: `postmaster` gains the default domain. */
+  mailboxAddress(recipient: Address): string {
+    return `${recipient.local}@${recipient.domain === "" ? this.#options.defaultDomain : recipient.domain}`;
+  }
+
+  #domainOf(recipient: Address): string {
+    return (recipient.domain === "" ? this.#options.defaultDomain : recipient.domain).toLowerCase();
+  }
+}
+
+/** The local part without its `+tag`, lower-cased: Dovecot's `%n` for the usual setup. */
+export function userOf(recipient: Address): string {
+  const plus = recipient.localText.indexOf("+");
+  return (plus === -1 ? recipient.localText : recipient.localText.slice(0, plus)).toLowerCase();
+}
+
+/** True when a value can be one path segment without escaping its directory. */
+export function isSafeSegment(value: string): boolean {
+  return !UNSAFE_SEGMENT.test(value) && new TextEncoder().encode(value).length <= MAX_SEGMENT_BYTES;
+}
+
+/**
+ * Checks a Maildir template: it must not use `.` or `..` segments, and every
+ * placeholder must come after a fixed root directory, so that no recipient can
+ * choose where the tree starts. Returns the reason it is unsafe, or undefined.
+ */
+export function templateProblem(template: string): string | undefined {
+  const segments = template.split("/");
+  if (segments.some((segment) => segment === "." || segment === "..")) {
+    return 'it must not contain "." or ".." segments';
+  }
+  const first = PLACEHOLDERS.map((p) => template.indexOf(p)).filter((i) => i !== -1);
+  if (first.length === 0) return undefined;
+  const root = template.slice(0, Math.min(...first));
+  if (!root.includes("/") || root.replace(/\/+$/, "") === "") {
+    return "placeholders must come after a fixed root directory, e.g. /var/vmail/{domain}/{user}";
+  }
+  const unknown = template.match(/\{[^}]*\}/g)?.find((p) => !(PLACEHOLDERS as readonly string[]).includes(p));
+  if (unknown) return `${unknown} is not a placeholder; use {domain}, {user} or {local}`;
+  return undefined;
+}

@@ -1,0 +1,65 @@
+/**
+ * The trace header lines a final delivery prepends (RFC 5321 4.4):
+ * `Return-Path`, `Delivered-To` and `Received`. Pure text; every value that
+ * came from the client was checked for control characters before it got here,
+ * and is checked again, so a header stays one header.
+ *
+ * @module
+ */
+
+import { type Address, formatAddress } from "../commands.ts";
+import type { Envelope } from "./delivery.ts";
+
+const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/** Formats a date as RFC 5322 3.3 wants it, in UTC: `Sun, 29 Nov 2026 08:54:08 +0000`. */
+export function formatMailDate(date: Date): string {
+  const pad = (n: number) => String(n).padStart(2, "0");
+  return `${DAYS[date.getUTCDay()]}, ${date.getUTCDate()} ${MONTHS[date.getUTCMonth()]} ${date.getUTCFullYear()} ` +
+    `${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}:${pad(date.getUTCSeconds())} +0000`;
+}
+
+/**
+ * The protocol word of the Received `with` clause: SMTP or ESMTP, S for TLS
+ * (RFC 3848), UTF8SMTP for SMTPUTF8 sessions (RFC 6531 3.7.3).
+ */
+export function withProtocol(envelope: Pick<Envelope, "extended" | "tls" | "smtpUtf8">): string {
+  const secure = envelope.tls ? "S" : "";
+  if (envelope.smtpUtf8 && envelope.extended) return `UTF8SMTP${secure}`;
+  return `${envelope.extended ? "E" : ""}SMTP${secure}`;
+}
+
+// Anything outside printable text is replaced rather than trusted: a header
+// line must never be split or ended by client input.
+function headerSafe(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\x00-\x1f\x7f]/g, "?");
+}
+
+/**
+ * The trace lines for one copy, LF-terminated, in the order they go on top of
+ * the message: Return-Path, Delivered-To (one per recipient of this copy),
+ * Received.
+ */
+export function traceHeaders(
+  envelope: Envelope,
+  hostname: string,
+  mailboxes: readonly string[],
+  recipients: readonly Address[],
+): string {
+  const sender = envelope.sender ? formatAddress(envelope.sender) : "";
+  let text = `Return-Path: <${headerSafe(sender)}>\n`;
+  for (const mailbox of mailboxes) text += `Delivered-To: ${headerSafe(mailbox)}\n`;
+  const client = headerSafe(envelope.clientAddress);
+  text += `Received: from ${headerSafe(envelope.heloName)} (unknown [${client}])\n`;
+  if (envelope.tls) {
+    text += `\t(using ${headerSafe(envelope.tls.protocol)} with cipher ${headerSafe(envelope.tls.cipher)})\n`;
+  }
+  text += `\tby ${headerSafe(hostname)} (Letterbox) with ${withProtocol(envelope)} id ${envelope.id}`;
+  // Postfix names the recipient only when there is one: listing all of them
+  // would disclose Bcc recipients to each other.
+  if (recipients.length === 1) text += `\n\tfor <${headerSafe(formatAddress(recipients[0]))}>`;
+  text += `; ${formatMailDate(envelope.receivedAt)}\n`;
+  return text;
+}

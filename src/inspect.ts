@@ -1,0 +1,90 @@
+/**
+ * postal-mime behind limits: turns the first octets of a stored message into
+ * a small summary for the logs. It never throws: a message that does not
+ * parse is still a delivered message.
+ *
+ * @module
+ */
+
+import PostalMime from "postal-mime";
+import { LIMITS } from "./limits.ts";
+
+/** What the logs say about a message's content. */
+export interface MessageSummary {
+  /** The Message-ID header, if any. */
+  readonly messageId?: string;
+  /** The decoded Subject header, if any. */
+  readonly subject?: string;
+  /** The From address, if any. */
+  readonly from?: string;
+  /** Attachments found; a lower bound when `truncated`. */
+  readonly attachments: number;
+  /** True when only a prefix of the message was parsed. */
+  readonly truncated: boolean;
+  /** Why parsing failed, when it did. */
+  readonly error?: string;
+}
+
+/**
+ * Keeps the first {@link LIMITS.maxInspectedBytes} octets of a message as it
+ * streams past, so that memory stays bounded whatever the message size.
+ */
+export class MessagePrefix {
+  #parts: Uint8Array[] = [];
+  #kept = 0;
+  #truncated = false;
+  readonly #limit: number;
+
+  /** Creates a prefix that keeps at most `limit` octets. */
+  constructor(limit: number = LIMITS.maxInspectedBytes) {
+    this.#limit = limit;
+  }
+
+  /** Copies what fits of `content` (the caller may reuse its buffer). */
+  add(content: Uint8Array): void {
+    const room = this.#limit - this.#kept;
+    if (content.length > room) this.#truncated = true;
+    if (room <= 0) return;
+    const part = content.slice(0, room);
+    this.#parts.push(part);
+    this.#kept += part.length;
+  }
+
+  /** True when the message was longer than the prefix. */
+  get truncated(): boolean {
+    return this.#truncated;
+  }
+
+  /** The kept octets as one array. */
+  bytes(): Uint8Array {
+    if (this.#parts.length === 1) return this.#parts[0];
+    const result = new Uint8Array(this.#kept);
+    let offset = 0;
+    for (const part of this.#parts) {
+      result.set(part, offset);
+      offset += part.length;
+    }
+    return result;
+  }
+}
+
+/** Parses a message (or its prefix) with postal-mime and summarises it; never throws. */
+export async function inspectMessage(raw: Uint8Array, truncated: boolean): Promise<MessageSummary> {
+  try {
+    const email = await PostalMime.parse(raw, {
+      maxNestingDepth: LIMITS.maxMimeNesting,
+      maxHeadersSize: LIMITS.maxInspectedHeaderBytes,
+      attachmentEncoding: "arraybuffer",
+    });
+    const from = email.from && "address" in email.from ? email.from.address : undefined;
+    return {
+      messageId: email.messageId,
+      subject: email.subject,
+      from,
+      attachments: email.attachments.length,
+      truncated,
+    };
+  } catch (error) {
+    return { attachments: 0, truncated, error: error instanceof Error ? error.message : String(error) };
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * Every number Letterbox enforces, with the reason it has the value it has.
+ * Configurable limits take their defaults from here; the rest are fixed.
+ *
+ * @module
+ */
+
+/** Default and fixed limits. Sizes are in octets, durations in milliseconds. */
+export const LIMITS = {
+  /**
+   * A command line, CRLF included (RFC 5321 4.5.3.1.4). Longer lines are read
+   * to their end without being kept, then answered with 500 5.5.6.
+   */
+  maxCommandLine: 512,
+  /** Default message size, advertised in EHLO as SIZE (RFC 1870): 25 MiB, as Postfix. */
+  maxMessageSize: 26_214_400,
+  /** Recipients per message: RFC 5321 4.5.3.1.8 says a server must accept at least 100. */
+  maxRecipients: 100,
+  /** Local part of an address (RFC 5321 4.5.3.1.1). */
+  maxLocalPart: 64,
+  /** Domain of an address (RFC 5321 4.5.3.1.2). */
+  maxDomain: 255,
+  /** A whole reverse- or forward-path, angle brackets included (RFC 5321 4.5.3.1.3). */
+  maxPath: 256,
+  /**
+   * Waiting for a command: RFC 5321 4.5.3.2.7 asks a server to wait at least
+   * five minutes.
+   */
+  commandTimeout: 300_000,
+  /** The whole DATA phase (RFC 5321 4.5.3.2.6 asks for at least ten minutes). */
+  dataTimeout: 600_000,
+  /** Bad commands in one session before we hang up (Postfix's smtpd_hard_error_limit is 20). */
+  maxErrors: 10,
+  /**
+   * Octets of each message kept in memory for postal-mime: enough for the
+   * header and the structure of ordinary mail, small enough that a hundred
+   * concurrent transactions stay well under 100 MiB. Longer messages are
+   * inspected from this prefix only, and the summary says so.
+   */
+  maxInspectedBytes: 1_048_576,
+  /** Header octets postal-mime may read (its maxHeadersSize option). */
+  maxInspectedHeaderBytes: 262_144,
+  /** MIME nesting postal-mime follows before it stops (its maxNestingDepth option). */
+  maxMimeNesting: 32,
+  /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
+  tlsHandshakeTimeout: 30_000,
+  /** Write buffer above which we wait for the client to read (backpressure). */
+  maxPendingWrite: 65_536,
+} as const;
+
+/** The names of the limits above. */
+export type LimitName = keyof typeof LIMITS;

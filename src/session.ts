@@ -1,0 +1,292 @@
+/**
+ * The SMTP protocol state machine (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+ * SMTPUTF8, ENHANCEDSTATUSCODES and STARTTLS). It turns one command line into
+ * one {@link Action}; it knows nothing of sockets, TLS libraries or disks.
+ * The connection carries out each action and reports back.
+ *
+ * @module
+ */
+
+import {
+  type Address,
+  formatAddress,
+  hasControlCharacters,
+  type ParseFailure,
+  parseCommandLine,
+  parseHeloArgument,
+  parseMailArgument,
+  parseRcptArgument,
+} from "./commands.ts";
+import { ehloReply, heloReply, queuedReply, type Reply, REPLIES } from "./replies.ts";
+
+/** What the session needs to know about the server it speaks for. */
+export interface SessionOptions {
+  /** Our host name, for the greeting, EHLO and Received. */
+  readonly hostname: string;
+  /** Largest message accepted, advertised as SIZE. */
+  readonly maxMessageSize: number;
+  /** Recipients per transaction before 452 4.5.3. */
+  readonly maxRecipients: number;
+  /** Bad commands before the session ends with 421 4.7.0. */
+  readonly maxErrors: number;
+  /** True when STARTTLS can be offered on this connection. */
+  readonly tlsAvailable: boolean;
+  /** True when MAIL, RCPT and DATA must wait for TLS (530 5.7.0). */
+  readonly requireTls: boolean;
+  /** True when the connection began in TLS (an implicit-TLS listener). */
+  readonly secure: boolean;
+  /**
+   * Decides whether we take mail for a recipient: `undefined` to accept, or
+   * the reply that refuses it (domain not ours, unsafe for a path, ...).
+   */
+  readonly checkRecipient: (recipient: Address) => Reply | undefined;
+}
+
+/** One mail transaction: from MAIL to the end of DATA (RFC 5321 3.3). */
+export interface Transaction {
+  /** The reverse-path; `null` for the null sender `<>`. */
+  readonly sender: Address | null;
+  /** Accepted recipients, in order, without duplicates. */
+  readonly recipients: Address[];
+  /** True when MAIL carried SMTPUTF8. */
+  readonly smtpUtf8: boolean;
+  /** The BODY= value from MAIL, if any. */
+  readonly body?: "7BIT" | "8BITMIME";
+}
+
+/** What the client has told us about itself, for trace headers. */
+export interface Greeting {
+  /** The EHLO or HELO argument. */
+  readonly name: string;
+  /** True after EHLO, false after HELO. */
+  readonly extended: boolean;
+}
+
+/** What the connection must do with a command, decided by the session. */
+export type Action =
+  /** Send the reply and read the next command. */
+  | { readonly kind: "reply"; readonly reply: Reply }
+  /** Send the reply and close the connection. */
+  | { readonly kind: "close"; readonly reply: Reply }
+  /** Send the reply, drop buffered input, do the TLS handshake, then call {@link Session.tlsStarted}. */
+  | { readonly kind: "start-tls"; readonly reply: Reply }
+  /** Send the 354 reply, read the message, then call {@link Session.finishData}. */
+  | { readonly kind: "data"; readonly reply: Reply; readonly transaction: Transaction };
+
+/** How a DATA section ended, as the connection reports it to the session. */
+export type DataOutcome =
+  | { readonly kind: "queued"; readonly id: string }
+  | { readonly kind: "too-big" }
+  | { readonly kind: "local-error" }
+  | { readonly kind: "storage-full" };
+
+// HTTP and proxy verbs: a browser or a proxy probe, not a mail client (Postfix's
+// smtpd_forbidden_commands).
+const FORBIDDEN_VERBS = new Set(["GET", "POST", "HEAD", "PUT", "CONNECT"]);
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The state of one SMTP session (one connection, across STARTTLS). */
+export class Session {
+  #options: SessionOptions;
+  #secure: boolean;
+  #greeting: Greeting | undefined;
+  #transaction: Transaction | undefined;
+  #errors = 0;
+
+  /** Creates a session in the state right after our greeting. */
+  constructor(options: SessionOptions) {
+    this.#options = options;
+    this.#secure = options.secure;
+  }
+
+  /** True once the connection is protected by TLS. */
+  get secure(): boolean {
+    return this.#secure;
+  }
+
+  /** The client's EHLO/HELO, once it sent one. */
+  get greeting(): Greeting | undefined {
+    return this.#greeting;
+  }
+
+  /** Bad commands so far. */
+  get errors(): number {
+    return this.#errors;
+  }
+
+  /** Handles one command line (terminator removed) and says what to do. */
+  handleLine(bytes: Uint8Array): Action {
+    let line: string;
+    try {
+      line = utf8.decode(bytes);
+    } catch {
+      return this.#fail(REPLIES.badBytes);
+    }
+    if (hasControlCharacters(line)) return this.#fail(REPLIES.badBytes);
+    return this.handle(line);
+  }
+
+  /** Answers a command line that was longer than the limit. */
+  lineTooLong(): Action {
+    return this.#fail(REPLIES.lineTooLong);
+  }
+
+  /** Handles one decoded command line. */
+  handle(line: string): Action {
+    const { verb, argument } = parseCommandLine(line);
+    switch (verb) {
+      case "EHLO":
+        return this.#hello(argument, true);
+      case "HELO":
+        return this.#hello(argument, false);
+      case "MAIL":
+        return this.#mail(argument);
+      case "RCPT":
+        return this.#rcpt(argument);
+      case "DATA":
+        return this.#data(argument);
+      case "RSET":
+        if (argument !== "") return this.#fail(REPLIES.noArguments);
+        this.#transaction = undefined;
+        return this.#ok(REPLIES.resetOk);
+      case "NOOP":
+        return this.#ok(REPLIES.ok);
+      case "QUIT":
+        return { kind: "close", reply: REPLIES.bye };
+      case "VRFY":
+        if (argument === "") return this.#fail(REPLIES.syntax);
+        return this.#ok(REPLIES.cannotVerify);
+      case "HELP":
+        return this.#ok(REPLIES.help);
+      case "STARTTLS":
+        return this.#startTls(argument);
+      default:
+        if (FORBIDDEN_VERBS.has(verb)) return { kind: "close", reply: REPLIES.forbiddenCommand };
+        return this.#fail(REPLIES.unknownCommand);
+    }
+  }
+
+  /** Forgets everything said before the handshake (RFC 3207 4.2). */
+  tlsStarted(): void {
+    this.#secure = true;
+    this.#greeting = undefined;
+    this.#transaction = undefined;
+  }
+
+  /** Ends the DATA phase with the delivery's outcome; the transaction is over either way. */
+  finishData(outcome: DataOutcome): Reply {
+    this.#transaction = undefined;
+    switch (outcome.kind) {
+      case "queued":
+        return queuedReply(outcome.id);
+      case "too-big":
+        return REPLIES.messageTooBig;
+      case "storage-full":
+        return REPLIES.storageFull;
+      case "local-error":
+        return REPLIES.localError;
+    }
+  }
+
+  // EHLO/HELO, in any state -> greeted, with no transaction (RFC 5321 4.1.4).
+  #hello(argument: string, extended: boolean): Action {
+    const name = parseHeloArgument(argument);
+    if (name === undefined) return this.#fail(REPLIES.heloSyntax);
+    this.#greeting = { name, extended };
+    this.#transaction = undefined;
+    const { hostname } = this.#options;
+    if (!extended) return this.#ok(heloReply(hostname));
+    const extensions = [
+      "PIPELINING",
+      `SIZE ${this.#options.maxMessageSize}`,
+      "8BITMIME",
+      "SMTPUTF8",
+      "ENHANCEDSTATUSCODES",
+    ];
+    if (this.#options.tlsAvailable && !this.#secure) extensions.push("STARTTLS");
+    return this.#ok(ehloReply(hostname, extensions));
+  }
+
+  // greeted -> in a transaction, waiting for RCPT.
+  #mail(argument: string): Action {
+    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
+    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
+    if (this.#transaction) return this.#fail(REPLIES.badSequenceNestedMail);
+    const parsed = parseMailArgument(argument);
+    if (!parsed.ok) return this.#fail(failureReply(parsed.failure, REPLIES.mailSyntax, REPLIES.badSenderAddress));
+    const { sender, size, body, smtpUtf8 } = parsed.value;
+    if (size !== undefined && size > this.#options.maxMessageSize) {
+      return this.#fail(REPLIES.messageSizeExceedsLimit);
+    }
+    this.#transaction = { sender, recipients: [], smtpUtf8, body };
+    return this.#ok(REPLIES.senderOk);
+  }
+
+  // in a transaction -> one more recipient.
+  #rcpt(argument: string): Action {
+    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
+    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
+    const transaction = this.#transaction;
+    if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
+    const parsed = parseRcptArgument(argument, transaction.smtpUtf8);
+    if (!parsed.ok) return this.#fail(failureReply(parsed.failure, REPLIES.rcptSyntax, REPLIES.badRecipientAddress));
+    const recipient = parsed.value;
+    // Not an error: RFC 5321 4.5.3.1.10 says the client sends the rest later.
+    if (transaction.recipients.length >= this.#options.maxRecipients) {
+      return { kind: "reply", reply: REPLIES.tooManyRecipients };
+    }
+    const refusal = this.#options.checkRecipient(recipient);
+    if (refusal) return this.#fail(refusal);
+    const key = formatAddress(recipient).toLowerCase();
+    if (!transaction.recipients.some((known) => formatAddress(known).toLowerCase() === key)) {
+      transaction.recipients.push(recipient);
+    }
+    return this.#ok(REPLIES.recipientOk);
+  }
+
+  // in a transaction with recipients -> reading the message.
+  #data(argument: string): Action {
+    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
+    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
+    if (argument !== "") return this.#fail(REPLIES.noArguments);
+    const transaction = this.#transaction;
+    if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
+    if (transaction.recipients.length === 0) return this.#fail(REPLIES.badSequenceNeedRcpt);
+    return { kind: "data", reply: REPLIES.startData, transaction };
+  }
+
+  // any state, plain connection -> TLS handshake, then a fresh session.
+  #startTls(argument: string): Action {
+    if (argument !== "") return this.#fail(REPLIES.noArguments);
+    if (this.#secure) return this.#fail(REPLIES.alreadyTls);
+    if (!this.#options.tlsAvailable) return this.#fail(REPLIES.tlsNotAvailable);
+    return { kind: "start-tls", reply: REPLIES.readyForTls };
+  }
+
+  #ok(reply: Reply): Action {
+    return { kind: "reply", reply };
+  }
+
+  // Every refused command counts against the error budget; past it we hang up,
+  // as Postfix does with smtpd_hard_error_limit.
+  #fail(reply: Reply): Action {
+    this.#errors++;
+    if (this.#errors >= this.#options.maxErrors) return { kind: "close", reply: REPLIES.tooManyErrors };
+    return { kind: "reply", reply };
+  }
+}
+
+function failureReply(failure: ParseFailure, syntax: Reply, badAddress: Reply): Reply {
+  switch (failure) {
+    case "unknown-parameter":
+      return REPLIES.unknownParameter;
+    case "needs-smtputf8":
+      return REPLIES.needsSmtpUtf8;
+    case "syntax":
+      return syntax;
+    case "too-long":
+    case "bad-address":
+      return badAddress;
+  }
+}
