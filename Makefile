@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/.tools/node_modules/.bin:$(PATH)
 # Override for your layout, e.g. make build MAIL_ROOT=/srv/mail.
 MAIL_ROOT ?= /var/vmail
 CERT_DIR ?= /etc/letterbox
-RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir,./certs --allow-write=./Maildir \
+RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 BUILD_PERMISSIONS = --allow-net --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
 	--allow-env=LETTERBOX_* --allow-sys=hostname

@@ -174,7 +174,8 @@ export function parseConfig(
   const values = {} as Record<keyof typeof SETTINGS, { value: string[]; from: string } | undefined>;
   for (const [key, setting] of Object.entries(SETTINGS) as [keyof typeof SETTINGS, typeof SETTINGS[keyof typeof SETTINGS]][]) {
     const raw = parsed[setting.flag];
-    if (raw !== undefined) {
+    // The parser gives [] for a list flag that was not used.
+    if (raw !== undefined && !(Array.isArray(raw) && raw.length === 0)) {
       const list = (Array.isArray(raw) ? raw : [raw]).map(String);
       if (!setting.list && list.length > 1) {
         throw new ConfigError(`Cannot use --${setting.flag} more than once`);

@@ -90,22 +90,22 @@ export function isSafeSegment(value: string): boolean {
 }
 
 /**
- * Checks a Maildir template: it must not use `.` or `..` segments, and every
+ * Checks a Maildir path or template: it must not use `..` segments, and every
  * placeholder must come after a fixed root directory, so that no recipient can
  * choose where the tree starts. Returns the reason it is unsafe, or undefined.
  */
 export function templateProblem(template: string): string | undefined {
   const segments = template.split("/");
-  if (segments.some((segment) => segment === "." || segment === "..")) {
-    return 'it must not contain "." or ".." segments';
+  if (segments.some((segment) => segment === "..")) {
+    return 'it must not contain ".." segments';
   }
+  const unknown = template.match(/\{[^}]*\}/g)?.find((p) => !(PLACEHOLDERS as readonly string[]).includes(p));
+  if (unknown) return `${unknown} is not a placeholder; use {domain}, {user} or {local}`;
   const first = PLACEHOLDERS.map((p) => template.indexOf(p)).filter((i) => i !== -1);
   if (first.length === 0) return undefined;
   const root = template.slice(0, Math.min(...first));
   if (!root.includes("/") || root.replace(/\/+$/, "") === "") {
     return "placeholders must come after a fixed root directory, e.g. /var/vmail/{domain}/{user}";
   }
-  const unknown = template.match(/\{[^}]*\}/g)?.find((p) => !(PLACEHOLDERS as readonly string[]).includes(p));
-  if (unknown) return `${unknown} is not a placeholder; use {domain}, {user} or {local}`;
   return undefined;
 }

@@ -1,0 +1,301 @@
+/**
+ * Test helpers: start the real program (`deno run main.ts` with the same kind
+ * of narrow permissions `make build` bakes in) on a free loopback port, and a
+ * small raw SMTP client over `Deno.connect` / `Deno.startTls`.
+ *
+ * @module
+ */
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+/** The repository root. */
+export const REPO = ROOT;
+/** The test CA, leaf certificate and key made by `make certs`. */
+export const CERTS = {
+  ca: `${ROOT}/certs/ca.pem`,
+  cert: `${ROOT}/certs/leaf.pem`,
+  key: `${ROOT}/certs/leaf-key.pem`,
+};
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A running Letterbox process. */
+export interface RunningServer {
+  readonly port: number;
+  readonly tlsPort?: number;
+  readonly maildir: string;
+  /** Every log line so far, parsed from JSON. */
+  readonly logs: Record<string, unknown>[];
+  /** Stops the process (SIGTERM) and waits for it; returns its exit code. */
+  stop(signal?: Deno.Signal): Promise<number>;
+  /** The process, for tests that need it. */
+  readonly process: Deno.ChildProcess;
+}
+
+/** The permission flags the tests run the server with: the narrowest that work. */
+export function serverPermissions(maildirRoot: string): string[] {
+  return [
+    "--allow-net=127.0.0.1,[::1]",
+    `--allow-read=${maildirRoot},${ROOT}/certs`,
+    `--allow-write=${maildirRoot}`,
+    "--allow-env=LETTERBOX_*",
+    "--allow-sys=hostname",
+  ];
+}
+
+/**
+ * Starts Letterbox with `args` on 127.0.0.1:0 (plus an implicit-TLS listener
+ * when `tls` is set), a fresh Maildir, and the test certificate.
+ */
+export async function startServer(
+  args: string[] = [],
+  options: { tlsListener?: boolean; maildir?: string; useTestCert?: boolean } = {},
+): Promise<RunningServer> {
+  const maildir = options.maildir ?? await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  const certArgs = options.useTestCert === false ? [] : ["--tls-cert", CERTS.cert, "--tls-key", CERTS.key];
+  const process = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...serverPermissions(maildir),
+      `${ROOT}/main.ts`,
+      "--listen",
+      "127.0.0.1:0",
+      ...(options.tlsListener ? ["--listen-tls", "127.0.0.1:0"] : []),
+      "--maildir",
+      maildir,
+      "--hostname",
+      "mx.test",
+      "--log-format",
+      "json",
+      ...certArgs,
+      ...args,
+    ],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const logs: Record<string, unknown>[] = [];
+  const ports: number[] = [];
+  let listeningNeeded = options.tlsListener ? 2 : 1;
+  let resolveReady: () => void;
+  let rejectReady: (error: Error) => void;
+  const ready = new Promise<void>((resolve, reject) => {
+    resolveReady = resolve;
+    rejectReady = reject;
+  });
+  const pump = (async () => {
+    let buffered = "";
+    for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
+      buffered += chunk;
+      let newline;
+      while ((newline = buffered.indexOf("\n")) !== -1) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        let record: Record<string, unknown>;
+        try {
+          record = JSON.parse(line);
+        } catch {
+          record = { message: line };
+        }
+        logs.push(record);
+        const address = (record.properties as Record<string, unknown> | undefined)?.address;
+        if (typeof address === "string" && String(record.message).startsWith("Listening on")) {
+          ports.push(Number(address.slice(address.lastIndexOf(":") + 1)));
+          if (--listeningNeeded === 0) resolveReady();
+        }
+      }
+    }
+    rejectReady(new Error(`Server exited before listening:\n${logs.map((l) => l.message).join("\n")}`));
+  })();
+  const timeout = setTimeout(() => rejectReady(new Error("Server did not start in 30 s")), 30_000);
+  try {
+    await ready;
+  } catch (error) {
+    process.kill("SIGKILL");
+    await process.status;
+    await pump;
+    throw error;
+  } finally {
+    clearTimeout(timeout);
+  }
+  return {
+    port: ports[0],
+    tlsPort: ports[1],
+    maildir,
+    logs,
+    process,
+    async stop(signal: Deno.Signal = "SIGTERM") {
+      try {
+        process.kill(signal);
+      } catch { /* already gone */ }
+      const status = await process.status;
+      await pump;
+      if (!options.maildir) await Deno.remove(maildir, { recursive: true }).catch(() => {});
+      return status.code;
+    },
+  };
+}
+
+/** Lists the files in `dir/new`, sorted; empty when the folder does not exist. */
+export async function newFiles(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(`${dir}/new`)) names.push(entry.name);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return names.sort();
+}
+
+/** Reads every message in `dir/new` as text. */
+export async function readMessages(dir: string): Promise<string[]> {
+  return await Promise.all((await newFiles(dir)).map((name) => Deno.readTextFile(`${dir}/new/${name}`)));
+}
+
+/** The body of a stored message: everything after our three trace headers and the message's own header. */
+export function bodyOf(message: string): string {
+  return message.slice(message.indexOf("\n\n") + 2);
+}
+
+/** A reply as read from the wire. */
+export interface WireReply {
+  readonly code: number;
+  /** Every line, with code and separator. */
+  readonly lines: string[];
+  /** The raw text. */
+  readonly text: string;
+}
+
+/** A minimal SMTP client for tests: raw writes, reply parsing, STARTTLS. */
+export class TestClient {
+  #conn: Deno.Conn | Deno.TlsConn;
+  #buffer = "";
+  #closed = false;
+
+  private constructor(conn: Deno.Conn | Deno.TlsConn) {
+    this.#conn = conn;
+  }
+
+  /** Connects to 127.0.0.1:`port`, with TLS at once when `tls` is set. */
+  static async connect(port: number, tls = false): Promise<TestClient> {
+    const conn = tls
+      ? await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [await Deno.readTextFile(CERTS.ca)] })
+      : await Deno.connect({ hostname: "127.0.0.1", port });
+    return new TestClient(conn);
+  }
+
+  /** Sends raw text or bytes. */
+  async send(data: string | Uint8Array): Promise<void> {
+    const bytes = typeof data === "string" ? encoder.encode(data) : data;
+    let offset = 0;
+    while (offset < bytes.length) offset += await this.#conn.write(bytes.subarray(offset));
+  }
+
+  /** Reads one (possibly multi-line) reply; rejects when the server closes first. */
+  async reply(timeoutMs = 10_000): Promise<WireReply> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const match = /^(?:\d{3}-[^\n]*\n)*\d{3}(?: [^\n]*)?\r?\n/.exec(this.#buffer);
+      if (match) {
+        const text = match[0];
+        this.#buffer = this.#buffer.slice(text.length);
+        const lines = text.split("\r\n").filter((l) => l !== "");
+        return { code: Number(text.slice(0, 3)), lines, text };
+      }
+      const chunk = await this.#read(deadline);
+      if (chunk === null) throw new Error(`Connection closed; unread: ${JSON.stringify(this.#buffer)}`);
+      this.#buffer += chunk;
+    }
+  }
+
+  /** Sends a command and returns its reply. */
+  async command(line: string): Promise<WireReply> {
+    await this.send(`${line}\r\n`);
+    return await this.reply();
+  }
+
+  /** Resolves with everything until the server closes (or the timeout). */
+  async readToClose(timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const chunk = await this.#read(deadline);
+      if (chunk === null) break;
+      this.#buffer += chunk;
+    }
+    const rest = this.#buffer;
+    this.#buffer = "";
+    return rest;
+  }
+
+  /** Upgrades the connection with the test CA (after the server's 220). */
+  async startTls(): Promise<void> {
+    this.#conn = await Deno.startTls(this.#conn as Deno.Conn, {
+      hostname: "localhost",
+      caCerts: [await Deno.readTextFile(CERTS.ca)],
+    });
+  }
+
+  /** Bytes received and not yet parsed as a reply. */
+  get unread(): string {
+    return this.#buffer;
+  }
+
+  /** Closes the connection (idempotent). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+  }
+
+  async #read(deadline: number): Promise<string | null> {
+    const buffer = new Uint8Array(65_536);
+    let timer: number | undefined;
+    const timeout = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), deadline - Date.now()));
+    try {
+      const result = await Promise.race([this.#conn.read(buffer), timeout]);
+      if (result === "timeout") throw new Error(`Timed out waiting for the server; unread: ${JSON.stringify(this.#buffer)}`);
+      if (result === null) return null;
+      return decoder.decode(buffer.subarray(0, result));
+    } catch (error) {
+      if (error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BadResource) return null;
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** Runs a command to completion and returns its exit code and output. */
+export async function run(
+  command: string,
+  args: string[],
+  options: { stdin?: string; env?: Record<string, string>; cwd?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(command, {
+    args,
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: options.env,
+    cwd: options.cwd,
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(encoder.encode(options.stdin));
+    await writer.close();
+  }
+  const output = await child.output();
+  return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+}
+
+/** True when `command` can be run here. */
+export async function have(command: string): Promise<boolean> {
+  try {
+    const { code } = await run("sh", ["-c", `command -v ${command}`]);
+    return code === 0;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,72 @@
+import { type Config, ConfigError, parseConfig, parseSize } from "../src/config.ts";
+import { assertEquals, assertThrows } from "./_assert.ts";
+
+function config(args: string[], env: Record<string, string> = {}): Config {
+  const invocation = parseConfig(args, (name) => env[name], () => "host.test");
+  if (invocation.kind !== "run") throw new Error("not a run");
+  return invocation.config;
+}
+
+function error(args: string[], env: Record<string, string> = {}): string {
+  try {
+    config(args, env);
+  } catch (e) {
+    if (e instanceof ConfigError) return e.message;
+    throw e;
+  }
+  throw new Error("no error");
+}
+
+Deno.test("parseConfig() has safe local defaults", () => {
+  const c = config([]);
+  assertEquals(c.listen, [{ hostname: "127.0.0.1", port: 2525 }]);
+  assertEquals(c.maildir, "./Maildir");
+  assertEquals(c.hostname, "host.test");
+  assertEquals(c.tls, true);
+  assertEquals(c.maxMessageSize, 26_214_400);
+  assertEquals(c.maxRecipients, 100);
+});
+
+Deno.test("parseConfig(): flags beat the environment, which beats the defaults", () => {
+  const env = { LETTERBOX_LISTEN: "0.0.0.0:25,[::]:25", LETTERBOX_MAX_MESSAGE_SIZE: "10M", LETTERBOX_NO_TLS: "1" };
+  const fromEnv = config([], env);
+  assertEquals(fromEnv.listen, [{ hostname: "0.0.0.0", port: 25 }, { hostname: "::", port: 25 }]);
+  assertEquals(fromEnv.maxMessageSize, 10 * 1024 * 1024);
+  assertEquals(fromEnv.tls, false);
+  const fromFlags = config(["--listen", "[::1]:2525", "--max-message-size", "512K"], env);
+  assertEquals(fromFlags.listen, [{ hostname: "::1", port: 2525 }]);
+  assertEquals(fromFlags.maxMessageSize, 512 * 1024);
+  assertEquals(config(["--domain", "A.example", "--domain", "b.example"]).domains, ["a.example", "b.example"]);
+});
+
+Deno.test("parseConfig() explains each mistake in one sentence", () => {
+  assertEquals(error(["--bogus"]), 'Cannot use "--bogus": it is not an option; see --help');
+  assertEquals(
+    error(["--listen", "a:b"]),
+    'Cannot use --listen "a:b": write HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:2525 or [::1]:2525',
+  );
+  assertEquals(
+    error([], { LETTERBOX_MAX_RECIPIENTS: "many" }),
+    'Cannot use LETTERBOX_MAX_RECIPIENTS "many": it must be a whole number from 1 to 100000',
+  );
+  assertEquals(error(["--tls-cert", "x.pem"]), "Cannot use --tls-cert without --tls-key: give both, or neither for a self-signed certificate");
+  assertEquals(error(["--no-tls", "--require-tls"]), "Cannot use --require-tls with --no-tls: choose one");
+  assertEquals(
+    error(["--maildir", "/var/vmail/../{user}"]),
+    'Cannot use --maildir "/var/vmail/../{user}": it must not contain ".." segments',
+  );
+  assertEquals(error(["--log-level", "loud"]), 'Cannot use --log-level "loud": use one of trace, debug, info, warning, error, fatal');
+});
+
+Deno.test("parseSize() takes octets and K, M, G suffixes", () => {
+  assertEquals(parseSize("1024"), 1024);
+  assertEquals(parseSize("25M"), 26_214_400);
+  assertEquals(parseSize("1g"), 1024 ** 3);
+  assertEquals(Number.isNaN(parseSize("1.5M")), true);
+});
+
+Deno.test("parseConfig() answers --help and --version without validating the rest", () => {
+  assertEquals(parseConfig(["--help"], () => undefined, () => "h").kind, "help");
+  assertEquals(parseConfig(["--version"], () => undefined, () => "h").kind, "version");
+  assertThrows(() => parseConfig(["extra"], () => undefined, () => "h"));
+});

@@ -1,0 +1,122 @@
+import { DataDecoder, LineReader } from "../src/line_reader.ts";
+import { assertEquals } from "./_assert.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A source that yields the given chunks, then end of stream. */
+function source(...chunks: (string | Uint8Array)[]) {
+  const queue = chunks.map((c) => typeof c === "string" ? encoder.encode(c) : c);
+  return { read: () => Promise.resolve(queue.shift() ?? null) };
+}
+
+/** Splits text into chunks of `size` bytes, to test every boundary. */
+function chunked(text: string, size: number): Uint8Array[] {
+  const bytes = encoder.encode(text);
+  const chunks = [];
+  for (let i = 0; i < bytes.length; i += size) chunks.push(bytes.slice(i, i + size));
+  return chunks;
+}
+
+async function readAllData(reader: LineReader, max = 1 << 20) {
+  let content = "";
+  const result = await reader.readData((bytes) => {
+    content += decoder.decode(bytes, { stream: true });
+  }, max);
+  return { content, result };
+}
+
+Deno.test("readLine() splits CRLF lines across reads", async () => {
+  const reader = new LineReader(source("EH", "LO a\r", "\nNOOP\r\n"));
+  const first = await reader.readLine(512);
+  assertEquals(first.kind === "line" && decoder.decode(first.line), "EHLO a");
+  const second = await reader.readLine(512);
+  assertEquals(second.kind === "line" && decoder.decode(second.line), "NOOP");
+  assertEquals((await reader.readLine(512)).kind, "eof");
+});
+
+Deno.test("readLine() accepts a bare LF line end for commands", async () => {
+  const reader = new LineReader(source("NOOP\nQUIT\n"));
+  const first = await reader.readLine(512);
+  assertEquals(first.kind === "line" && decoder.decode(first.line), "NOOP");
+  assertEquals(reader.buffered, 5);
+});
+
+Deno.test("readLine() reports a line over the limit and resumes at the next line", async () => {
+  const reader = new LineReader(source("x".repeat(300), "x".repeat(300), "\r\nNOOP\r\n"));
+  assertEquals((await reader.readLine(512)).kind, "too-long");
+  const next = await reader.readLine(512);
+  assertEquals(next.kind === "line" && decoder.decode(next.line), "NOOP");
+});
+
+Deno.test("readLine() counts the CRLF in the limit", async () => {
+  const fits = new LineReader(source("x".repeat(510) + "\r\n"));
+  assertEquals((await fits.readLine(512)).kind, "line");
+  const over = new LineReader(source("x".repeat(511) + "\r\n"));
+  assertEquals((await over.readLine(512)).kind, "too-long");
+});
+
+Deno.test("discardBuffered() drops pipelined input", async () => {
+  const reader = new LineReader(source("STARTTLS\r\nEHLO evil\r\n"));
+  await reader.readLine(512);
+  assertEquals(reader.buffered, 11);
+  reader.discardBuffered();
+  assertEquals(reader.buffered, 0);
+  assertEquals((await reader.readLine(512)).kind, "eof");
+});
+
+Deno.test("readData() unstuffs dots and stores LF line ends", async () => {
+  const reader = new LineReader(source("Subject: x\r\n\r\n..leading dot\r\n...\r\nend\r\n.\r\nQUIT\r\n"));
+  const { content, result } = await readAllData(reader);
+  assertEquals(content, "Subject: x\n\n.leading dot\n..\nend\n");
+  assertEquals(result.kind, "end");
+  const next = await reader.readLine(512);
+  assertEquals(next.kind === "line" && decoder.decode(next.line), "QUIT");
+});
+
+Deno.test("readData() gives the same content however the input is split", async () => {
+  const text = "a\r\n.b\r\n\r\n..\r\nc\rd\ne\r\r\n.\rx\r\n.\r\n";
+  const expected = "a\nb\n\n.\nc\rd\ne\r\n\rx\n";
+  for (let size = 1; size <= text.length; size++) {
+    const { content } = await readAllData(new LineReader(source(...chunked(text, size))));
+    assertEquals(content, expected, `chunk size ${size}`);
+  }
+});
+
+Deno.test("readData() ends only at CRLF.CRLF, never at bare LF or CR variants", async () => {
+  const smuggling = ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n.\r", "\r\n\x00.\r\n", ".\n", "\r.\r\n"];
+  for (const marker of smuggling) {
+    const reader = new LineReader(source(`a${marker}MAIL FROM:<x@y>\r\n`, "\r\n.\r\n"));
+    const { content, result } = await readAllData(reader);
+    assertEquals(result.kind, "end", JSON.stringify(marker));
+    assertEquals(content.includes("MAIL FROM:<x@y>"), true, JSON.stringify(marker));
+    assertEquals(reader.buffered, 0);
+  }
+});
+
+Deno.test("readData() takes an empty message", async () => {
+  const { content, result } = await readAllData(new LineReader(source(".\r\n")));
+  assertEquals(content, "");
+  assertEquals(result, { kind: "end", wireBytes: 0, tooBig: false });
+});
+
+Deno.test("readData() reads an oversized message to its end and says it was too big", async () => {
+  const reader = new LineReader(source("x".repeat(5000) + "\r\n", "y\r\n.\r\nNOOP\r\n"));
+  const { content, result } = await readAllData(reader, 1000);
+  assertEquals(result.kind === "end" && result.tooBig, true);
+  assertEquals(content.length <= 5002, true);
+  const next = await reader.readLine(512);
+  assertEquals(next.kind === "line" && decoder.decode(next.line), "NOOP");
+});
+
+Deno.test("readData() reports end of stream inside DATA", async () => {
+  const { result } = await readAllData(new LineReader(source("half a message\r\n")));
+  assertEquals(result.kind, "eof");
+});
+
+Deno.test("DataDecoder keeps bytes exact, NUL and 8-bit included", () => {
+  const bytes = new Uint8Array([0x00, 0xff, 0xc3, 0xa9, 0x0d, 0x0a, 0x2e, 0x0d, 0x0a]);
+  const { output, end } = new DataDecoder().decode(bytes);
+  assertEquals([...output], [0x00, 0xff, 0xc3, 0xa9, 0x0a]);
+  assertEquals(end, 9);
+});

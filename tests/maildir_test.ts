@@ -1,0 +1,89 @@
+import { parseMailbox } from "../src/commands.ts";
+import type { Envelope } from "../src/delivery/delivery.ts";
+import { LocalDelivery } from "../src/delivery/local.ts";
+import { escapeHostname, uniqueName } from "../src/delivery/maildir.ts";
+import { Router } from "../src/delivery/router.ts";
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+
+function address(text: string) {
+  const parsed = parseMailbox(text, true);
+  assert(parsed.ok);
+  return parsed.value;
+}
+
+function envelope(...recipients: string[]): Envelope {
+  return {
+    id: "Q1",
+    sender: null,
+    recipients: recipients.map(address),
+    clientAddress: "127.0.0.1",
+    heloName: "c.test",
+    extended: true,
+    smtpUtf8: false,
+    receivedAt: new Date(),
+  };
+}
+
+async function list(dir: string): Promise<string[]> {
+  const names = [];
+  try {
+    for await (const entry of Deno.readDir(dir)) names.push(entry.name);
+  } catch { /* missing */ }
+  return names.sort();
+}
+
+Deno.test("Maildir names follow the convention and escape the host name", () => {
+  assertEquals(escapeHostname("a/b:c"), "a\\057b\\072c");
+  assertMatch(uniqueName("mx.test", 42, 1_700_000_000_123), /^1700000000\.M\d+P42Q\d+\.mx\.test$/);
+  assert(uniqueName("h", 1) !== uniqueName("h", 1));
+});
+
+Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 0600 in 0700 folders", async () => {
+  const root = await Deno.makeTempDir();
+  const delivery = new LocalDelivery(new Router({ maildir: `${root}/{domain}/{user}`, domains: [], defaultDomain: "x" }), "mx.test");
+  const transaction = await delivery.begin(envelope("a@one.test", "A+tag@one.test", "b@one.test"));
+  await transaction.write(new TextEncoder().encode("Subject: hi\n\nbody\n"));
+  const copies = await transaction.commit();
+  assertEquals(copies.length, 2);
+  assertEquals(await list(`${root}/one.test/a/tmp`), []);
+  const [name] = await list(`${root}/one.test/a/new`);
+  const text = await Deno.readTextFile(`${root}/one.test/a/new/${name}`);
+  assert(text.startsWith("Return-Path: <>\nDelivered-To: a@one.test\nDelivered-To: A+tag@one.test\nReceived: "));
+  const size = new TextEncoder().encode(text).length;
+  const lines = text.split("\n").length - 1;
+  assert(name.endsWith(`,S=${size},W=${size + lines}`), name);
+  assertEquals((await Deno.stat(`${root}/one.test/a/new/${name}`)).mode! & 0o777, 0o600);
+  assertEquals((await Deno.stat(`${root}/one.test/a/new`)).mode! & 0o777, 0o700);
+  await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("LocalDelivery.abort() leaves nothing in tmp/ or new/", async () => {
+  const root = await Deno.makeTempDir();
+  const delivery = new LocalDelivery(new Router({ maildir: root, domains: [], defaultDomain: "x" }), "mx.test");
+  const transaction = await delivery.begin(envelope("a@one.test"));
+  await transaction.write(new TextEncoder().encode("x\n"));
+  await transaction.abort();
+  assertEquals(await list(`${root}/tmp`), []);
+  assertEquals(await list(`${root}/new`), []);
+  await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("LocalDelivery.commit() takes back every copy when one cannot be stored", async () => {
+  const root = await Deno.makeTempDir();
+  const delivery = new LocalDelivery(new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }), "mx.test");
+  const transaction = await delivery.begin(envelope("a@one.test", "b@one.test"));
+  // Sabotage b's copy: its new/ folder becomes a file, so its rename fails.
+  await Deno.remove(`${root}/b/new`);
+  await Deno.writeTextFile(`${root}/b/new`, "");
+  let failed = false;
+  try {
+    await transaction.commit();
+  } catch {
+    failed = true;
+  }
+  assert(failed);
+  assertEquals(await list(`${root}/a/new`), []);
+  assertEquals(await list(`${root}/a/tmp`), []);
+  assertEquals(await list(`${root}/b/tmp`), []);
+  await Deno.remove(root, { recursive: true });
+});

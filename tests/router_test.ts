@@ -1,0 +1,41 @@
+import { parseMailbox } from "../src/commands.ts";
+import { Router, templateProblem } from "../src/delivery/router.ts";
+import { REPLIES } from "../src/replies.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+function address(text: string) {
+  const parsed = parseMailbox(text, true);
+  assert(parsed.ok, text);
+  return parsed.value;
+}
+
+const router = new Router({
+  maildir: "/var/vmail/{domain}/{user}",
+  domains: ["example.com"],
+  defaultDomain: "example.com",
+});
+
+Deno.test("Router maps a recipient to its domain and user, without the +tag", () => {
+  assertEquals(router.maildirFor(address("Alice+Lists@Example.COM")), "/var/vmail/example.com/alice");
+  assertEquals(router.maildirFor(address("postmaster")), "/var/vmail/example.com/postmaster");
+  assertEquals(router.mailboxAddress(address("postmaster")), "postmaster@example.com");
+});
+
+Deno.test("Router refuses domains that are not ours with 550 5.7.1", () => {
+  assertEquals(router.check(address("a@example.org")), REPLIES.relayDenied);
+  assertEquals(router.check(address("a@example.com")), undefined);
+});
+
+Deno.test("Router refuses every local part that could leave the Maildir root", () => {
+  for (const text of ['"../../etc"@example.com', '"a/b"@example.com', "a/b@example.com", '".hidden"@example.com', '"a\\\\b"@example.com', '".."@example.com', "+tag@example.com"]) {
+    assertEquals(router.check(address(text)), REPLIES.unsafeRecipient, text);
+  }
+});
+
+Deno.test("templateProblem() refuses templates that could escape or have no fixed root", () => {
+  assertEquals(templateProblem("/var/vmail/{domain}/{user}"), undefined);
+  assertEquals(templateProblem("./Maildir"), undefined);
+  assert(templateProblem("/var/vmail/../{user}"));
+  assert(templateProblem("{domain}/{user}"));
+  assert(templateProblem("/var/vmail/{name}"));
+});

@@ -1,0 +1,177 @@
+import type { Address } from "../src/commands.ts";
+import { formatReply, type Reply, REPLIES } from "../src/replies.ts";
+import { type Action, Session, type SessionOptions } from "../src/session.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+function session(overrides: Partial<SessionOptions> = {}): Session {
+  return new Session({
+    hostname: "mx.test",
+    maxMessageSize: 1000,
+    maxRecipients: 3,
+    maxErrors: 10,
+    tlsAvailable: true,
+    requireTls: false,
+    secure: false,
+    checkRecipient: (r: Address) => r.domain === "elsewhere.test" ? REPLIES.relayDenied : undefined,
+    ...overrides,
+  });
+}
+
+/** Runs commands and returns the first line of each reply. */
+function talk(s: Session, ...lines: string[]): string[] {
+  return lines.map((line) => formatReply(s.handle(line).reply).split("\r\n")[0]);
+}
+
+function wire(action: Action): string {
+  return formatReply(action.reply);
+}
+
+Deno.test("EHLO advertises every extension, STARTTLS only while plain", () => {
+  const s = session();
+  assertEquals(
+    wire(s.handle("EHLO client.test")),
+    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n" +
+      "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n",
+  );
+  s.tlsStarted();
+  assert(!wire(s.handle("EHLO client.test")).includes("STARTTLS"));
+});
+
+Deno.test("a whole transaction walks the states in order", () => {
+  const s = session();
+  assertEquals(talk(s, "EHLO c", "MAIL FROM:<a@b.test>", "RCPT TO:<x@y.test>"), [
+    "250-mx.test",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+  ]);
+  const data = s.handle("DATA");
+  assertEquals(data.kind, "data");
+  assertEquals(wire(data), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  assertEquals(formatReply(s.finishData({ kind: "queued", id: "ABC" })), "250 2.0.0 Ok: queued as ABC\r\n");
+  assertEquals(talk(s, "DATA"), ["503 5.5.1 Error: need MAIL command"]);
+});
+
+Deno.test("commands out of order get 503 5.5.1", () => {
+  const s = session();
+  assertEquals(talk(s, "MAIL FROM:<a@b.test>", "RCPT TO:<x@y.test>", "DATA"), [
+    "503 5.5.1 Error: send HELO/EHLO first",
+    "503 5.5.1 Error: send HELO/EHLO first",
+    "503 5.5.1 Error: send HELO/EHLO first",
+  ]);
+  assertEquals(talk(s, "HELO c", "RCPT TO:<x@y.test>", "MAIL FROM:<>", "MAIL FROM:<>", "DATA"), [
+    "250 mx.test",
+    "503 5.5.1 Error: need MAIL command",
+    "250 2.1.0 Ok",
+    "503 5.5.1 Error: nested MAIL command",
+    "503 5.5.1 Error: need RCPT command",
+  ]);
+});
+
+Deno.test("RSET and a second EHLO end the transaction but keep the greeting", () => {
+  const s = session();
+  talk(s, "EHLO c", "MAIL FROM:<>");
+  assertEquals(talk(s, "RSET", "RCPT TO:<x@y.test>"), ["250 2.0.0 Ok", "503 5.5.1 Error: need MAIL command"]);
+  talk(s, "MAIL FROM:<>");
+  assertEquals(talk(s, "EHLO c", "MAIL FROM:<>"), ["250-mx.test", "250 2.1.0 Ok"]);
+});
+
+Deno.test("each reply to a bad command is the one RFC 5321 names", () => {
+  const s = session();
+  talk(s, "EHLO c");
+  assertEquals(talk(s, "FOO", "MAIL FROM:<a@b.test> X=1", "MAIL FROM:<a@b.test> SIZE=1001", "MAIL FROM x", "HELO"), [
+    "500 5.5.2 Error: command not recognized",
+    "555 5.5.4 Unsupported MAIL or RCPT parameter",
+    "552 5.3.4 Message size exceeds fixed maximum message size",
+    "501 5.5.4 Syntax: MAIL FROM:<address>",
+    "501 5.5.4 Syntax: EHLO hostname",
+  ]);
+  assertEquals(talk(s, "EHLO c", "MAIL FROM:<>", "RCPT TO:<a@elsewhere.test>", "RCPT TO:<a b@c>", "RCPT TO:<josé@x.test>"), [
+    "250-mx.test",
+    "250 2.1.0 Ok",
+    "550 5.7.1 Relay access denied",
+    "501 5.1.3 Bad recipient address syntax",
+    "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter",
+  ]);
+  assertEquals(talk(s, "VRFY alice", "HELP", "NOOP", "QUIT"), [
+    "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+    "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+    "250 2.0.0 Ok",
+    "221 2.0.0 Bye",
+  ]);
+});
+
+Deno.test("past the recipient limit RCPT gets 452 4.5.3 and duplicates count once", () => {
+  const s = session();
+  talk(s, "EHLO c", "MAIL FROM:<>");
+  assertEquals(talk(s, "RCPT TO:<a@y.test>", "RCPT TO:<A@y.test>", "RCPT TO:<b@y.test>", "RCPT TO:<c@y.test>", "RCPT TO:<d@y.test>"), [
+    "250 2.1.5 Ok",
+    "250 2.1.5 Ok",
+    "250 2.1.5 Ok",
+    "250 2.1.5 Ok",
+    "452 4.5.3 Error: too many recipients",
+  ]);
+  const data = s.handle("DATA");
+  assert(data.kind === "data");
+  assertEquals(data.transaction.recipients.map((r) => r.local), ["a", "b", "c"]);
+});
+
+Deno.test("STARTTLS resets the session and cannot be repeated", () => {
+  const s = session();
+  talk(s, "EHLO c", "MAIL FROM:<>");
+  const action = s.handle("STARTTLS");
+  assertEquals(action.kind, "start-tls");
+  assertEquals(wire(action), "220 2.0.0 Ready to start TLS\r\n");
+  s.tlsStarted();
+  assertEquals(talk(s, "MAIL FROM:<>", "STARTTLS"), [
+    "503 5.5.1 Error: send HELO/EHLO first",
+    "503 5.5.1 Error: TLS already active",
+  ]);
+  assertEquals(talk(session({ tlsAvailable: false }), "STARTTLS"), ["454 4.7.0 TLS not available"]);
+});
+
+Deno.test("--require-tls refuses MAIL, RCPT and DATA before STARTTLS", () => {
+  const s = session({ requireTls: true });
+  assertEquals(talk(s, "EHLO c", "MAIL FROM:<>", "DATA"), [
+    "250-mx.test",
+    "530 5.7.0 Must issue a STARTTLS command first",
+    "530 5.7.0 Must issue a STARTTLS command first",
+  ]);
+  s.tlsStarted();
+  assertEquals(talk(s, "EHLO c", "MAIL FROM:<>"), ["250-mx.test", "250 2.1.0 Ok"]);
+});
+
+Deno.test("the error budget ends the session with 421 4.7.0", () => {
+  const s = session({ maxErrors: 3 });
+  assertEquals(s.handle("X").kind, "reply");
+  assertEquals(s.handle("X").kind, "reply");
+  const last = s.handle("X");
+  assertEquals(last.kind, "close");
+  assertEquals(wire(last), "421 4.7.0 Error: too many errors, closing connection\r\n");
+});
+
+Deno.test("control characters and invalid UTF-8 never reach a parser", () => {
+  const s = session();
+  const bad = (bytes: number[]) => wire(s.handleLine(new Uint8Array(bytes)));
+  assertEquals(bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0x61, 0x0d, 0x62]), "500 5.5.2 Error: command contains invalid bytes\r\n");
+  assertEquals(bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0xff]), "500 5.5.2 Error: command contains invalid bytes\r\n");
+  assertEquals(bad([0x4e, 0x4f, 0x4f, 0x50, 0x00]), "500 5.5.2 Error: command contains invalid bytes\r\n");
+});
+
+Deno.test("HTTP verbs at the SMTP port end the connection", () => {
+  const action = session().handle("GET / HTTP/1.1");
+  assertEquals(action.kind, "close");
+});
+
+Deno.test("each DATA outcome maps to its reply", () => {
+  const s = session();
+  const replies: Reply[] = [
+    s.finishData({ kind: "too-big" }),
+    s.finishData({ kind: "storage-full" }),
+    s.finishData({ kind: "local-error" }),
+  ];
+  assertEquals(replies.map((r) => formatReply(r)), [
+    "552 5.3.4 Error: message exceeds fixed maximum message size\r\n",
+    "452 4.3.1 Error: insufficient system storage, try again later\r\n",
+    "451 4.3.0 Error: local error in processing, try again later\r\n",
+  ]);
+});
