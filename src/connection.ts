@@ -153,6 +153,8 @@ export class Connection {
           break;
         }
         case "data": {
+          // From the 354 on, a shutdown waits for this message to finish.
+          this.#inData = true;
           await this.#flush();
           const reply = await this.#receive(action.transaction);
           if (reply === undefined) return;
@@ -196,7 +198,6 @@ export class Connection {
       failure = error;
     }
     const prefix = new MessagePrefix();
-    this.#inData = true;
     transport.deadline = Date.now() + this.#options.dataTimeout;
     let outcome: DataOutcome;
     let size = 0;

@@ -67,7 +67,9 @@ export class Server {
    * rest off.
    */
   async shutdown(graceMs: number): Promise<void> {
-    await Promise.all(this.#listeners.map((listener) => new Promise<void>((resolve) => listener.close(() => resolve()))));
+    // close() stops accepting at once; its callback would wait for every
+    // connection, which is what the grace period below is for.
+    for (const listener of this.#listeners) listener.close();
     for (const connection of this.#connections) connection.shutdown();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const grace = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), graceMs));

@@ -160,7 +160,7 @@ export class SocketTransport implements Transport {
 
   close(): void {
     const socket = this.#socket;
-    this.#settle();
+    // A read still waiting ends with the socket's 'close' event, as end of stream.
     if (socket.destroyed) return;
     socket.end();
     // A client that never reads would keep a half-closed socket forever.

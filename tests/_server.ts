@@ -77,12 +77,7 @@ export async function startServer(
   const logs: Record<string, unknown>[] = [];
   const ports: number[] = [];
   let listeningNeeded = options.tlsListener ? 2 : 1;
-  let resolveReady: () => void;
-  let rejectReady: (error: Error) => void;
-  const ready = new Promise<void>((resolve, reject) => {
-    resolveReady = resolve;
-    rejectReady = reject;
-  });
+  const { promise: ready, resolve: resolveReady, reject: rejectReady } = Promise.withResolvers<void>();
   const pump = (async () => {
     let buffered = "";
     for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
@@ -168,11 +163,11 @@ export interface WireReply {
 
 /** A minimal SMTP client for tests: raw writes, reply parsing, STARTTLS. */
 export class TestClient {
-  #conn: Deno.Conn | Deno.TlsConn;
+  #conn: Deno.TcpConn | Deno.TlsConn;
   #buffer = "";
   #closed = false;
 
-  private constructor(conn: Deno.Conn | Deno.TlsConn) {
+  private constructor(conn: Deno.TcpConn | Deno.TlsConn) {
     this.#conn = conn;
   }
 
@@ -229,7 +224,7 @@ export class TestClient {
 
   /** Upgrades the connection with the test CA (after the server's 220). */
   async startTls(): Promise<void> {
-    this.#conn = await Deno.startTls(this.#conn as Deno.Conn, {
+    this.#conn = await Deno.startTls(this.#conn as Deno.TcpConn, {
       hostname: "localhost",
       caCerts: [await Deno.readTextFile(CERTS.ca)],
     });
@@ -251,7 +246,7 @@ export class TestClient {
 
   async #read(deadline: number): Promise<string | null> {
     const buffer = new Uint8Array(65_536);
-    let timer: number | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), deadline - Date.now()));
     try {
       const result = await Promise.race([this.#conn.read(buffer), timeout]);
