@@ -14,7 +14,9 @@ import { Server } from "./src/server.ts";
 import { VERSION } from "./src/version.ts";
 
 function fail(error: unknown): never {
-  const message = error instanceof ConfigError ? error.message : `Cannot start: ${error instanceof Error ? error.message : error}`;
+  const message = error instanceof ConfigError
+    ? error.message
+    : `Cannot start: ${error instanceof Error ? error.message : error}`;
   Deno.stderr.writeSync(new TextEncoder().encode(`letterbox: ${message}\n`));
   Deno.exit(2);
 }
@@ -28,25 +30,34 @@ async function main(): Promise<void> {
   }
   if (invocation.kind === "help") return void Deno.stdout.writeSync(new TextEncoder().encode(HELP));
   if (invocation.kind === "version") {
-    return void Deno.stdout.writeSync(new TextEncoder().encode(`letterbox ${VERSION} (deno ${Deno.version.deno})\n`));
+    return void Deno.stdout.writeSync(
+      new TextEncoder().encode(`letterbox ${VERSION} (deno ${Deno.version.deno})\n`),
+    );
   }
   const config = invocation.config;
   await configureLogging(config.logLevel, config.logFormat);
   const log = logger("server");
 
+  // Warnings wait until the listeners are open, so that a start that fails
+  // prints only its one line.
+  const warnings: (() => void)[] = [];
   let tlsContext: SecureContext | undefined;
   try {
     if (config.tls && config.tlsCert && config.tlsKey) {
       tlsContext = secureContext(await readKeyPair(config.tlsCert, config.tlsKey));
     } else if (config.tls) {
       tlsContext = secureContext(await selfSignedKeyPair(config.hostname));
-      log.warn("No --tls-cert given: using a self-signed certificate for {hostname}", { hostname: config.hostname });
+      warnings.push(() =>
+        log.warn("No --tls-cert given: using a self-signed certificate for {hostname}", {
+          hostname: config.hostname,
+        })
+      );
     }
   } catch (error) {
     fail(error);
   }
   if (config.domains.length === 0) {
-    log.warn("No --domain given: accepting mail for any domain");
+    warnings.push(() => log.warn("No --domain given: accepting mail for any domain"));
   }
 
   const router = new Router({
@@ -77,7 +88,11 @@ async function main(): Promise<void> {
   } catch (error) {
     fail(error);
   }
-  log.info("Letterbox {version} ready, delivering to {maildir}", { version: VERSION, maildir: config.maildir });
+  for (const warn of warnings) warn();
+  log.info("Letterbox {version} ready, delivering to {maildir}", {
+    version: VERSION,
+    maildir: config.maildir,
+  });
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -29,7 +29,9 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
       return await Deno.readTextFile(file);
     } catch (error) {
       throw new ConfigError(
-        `Cannot read ${flag} ${JSON.stringify(file)}: ${error instanceof Error ? error.message : error}`,
+        `Cannot read ${flag} ${JSON.stringify(file)}: ${
+          error instanceof Error ? error.message : error
+        }`,
       );
     }
   };
@@ -38,9 +40,9 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
     secureContext(pair);
   } catch (error) {
     throw new ConfigError(
-      `Cannot use --tls-cert ${JSON.stringify(certFile)} with --tls-key ${JSON.stringify(keyFile)}: ${
-        error instanceof Error ? error.message : error
-      }`,
+      `Cannot use --tls-cert ${JSON.stringify(certFile)} with --tls-key ${
+        JSON.stringify(keyFile)
+      }: ${error instanceof Error ? error.message : error}`,
     );
   }
   return pair;
@@ -53,7 +55,10 @@ export async function selfSignedKeyPair(hostname: string): Promise<KeyPair> {
   const keys = await crypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
   const now = Date.now();
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+    serialNumber: Array.from(
+      crypto.getRandomValues(new Uint8Array(8)),
+      (b) => b.toString(16).padStart(2, "0"),
+    )
       .join("").replace(/^[89a-f]/, "1"),
     name: `CN=${hostname}`,
     notBefore: new Date(now - 60_000),

@@ -72,13 +72,14 @@ const ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+$/u;
 // RFC 5321 4.1.2: qtextSMTP and quoted-pairSMTP inside double quotes.
 const QUOTED_STRING = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\u{10FFFF}]|\\[\x20-\x7e])*)"$/u;
 // A domain label (RFC 5321 4.1.2 sub-domain), with U-labels allowed (RFC 6531 3.3).
-const LABEL = /^[A-Za-z0-9\u0080-\u{10FFFF}](?:[A-Za-z0-9\-\u0080-\u{10FFFF}]*[A-Za-z0-9\u0080-\u{10FFFF}])?$/u;
+const LABEL =
+  /^[A-Za-z0-9\u0080-\u{10FFFF}](?:[A-Za-z0-9\-\u0080-\u{10FFFF}]*[A-Za-z0-9\u0080-\u{10FFFF}])?$/u;
 // An address literal (RFC 5321 4.1.3): kept to the characters IPv4 and IPv6 use.
 const ADDRESS_LITERAL = /^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]{2,45})\]$/;
 // ESMTP parameters (RFC 5321 4.1.2 esmtp-keyword and esmtp-value; RFC 6531 3.3).
 const PARAMETER_KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
 const PARAMETER_VALUE = /^[\x21-\x3c\x3e-\x7e\u0080-\u{10FFFF}]+$/u;
-const NON_ASCII = /[^\x00-\x7f]/;
+const NON_ASCII = /[\u0080-\u{10FFFF}]/u;
 
 /** True when `domain` is a syntactically valid domain name (RFC 5321 4.1.2). */
 export function isDomainName(domain: string): boolean {
@@ -160,7 +161,9 @@ export function parseParameters(text: string): Parsed<Map<string, string | true>
     const equals = item.indexOf("=");
     const key = (equals === -1 ? item : item.slice(0, equals)).toUpperCase();
     const value = equals === -1 ? true : item.slice(equals + 1);
-    if (!PARAMETER_KEYWORD.test(key) || parameters.has(key)) return { ok: false, failure: "syntax" };
+    if (!PARAMETER_KEYWORD.test(key) || parameters.has(key)) {
+      return { ok: false, failure: "syntax" };
+    }
     if (value !== true && !PARAMETER_VALUE.test(value)) return { ok: false, failure: "syntax" };
     parameters.set(key, value);
   }

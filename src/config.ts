@@ -162,17 +162,26 @@ export function parseConfig(
     },
   });
   if (unknown.length > 0) {
-    throw new ConfigError(`Cannot use ${JSON.stringify(unknown[0])}: it is not an option; see --help`);
+    throw new ConfigError(
+      `Cannot use ${JSON.stringify(unknown[0])}: it is not an option; see --help`,
+    );
   }
   if (parsed._.length > 0) {
-    throw new ConfigError(`Cannot use ${JSON.stringify(String(parsed._[0]))}: Letterbox takes only options; see --help`);
+    throw new ConfigError(
+      `Cannot use ${JSON.stringify(String(parsed._[0]))}: Letterbox takes only options; see --help`,
+    );
   }
   if (parsed.help) return { kind: "help" };
   if (parsed.version) return { kind: "version" };
 
   // One value per setting: the flag if given, else the environment variable.
   const values = {} as Record<keyof typeof SETTINGS, { value: string[]; from: string } | undefined>;
-  for (const [key, setting] of Object.entries(SETTINGS) as [keyof typeof SETTINGS, typeof SETTINGS[keyof typeof SETTINGS]][]) {
+  for (
+    const [key, setting] of Object.entries(SETTINGS) as [
+      keyof typeof SETTINGS,
+      typeof SETTINGS[keyof typeof SETTINGS],
+    ][]
+  ) {
     const raw = parsed[setting.flag];
     // The parser gives [] for a list flag that was not used.
     if (raw !== undefined && !(Array.isArray(raw) && raw.length === 0)) {
@@ -182,7 +191,10 @@ export function parseConfig(
       }
       const value = setting.list ? list.flatMap((item) => item.split(",")) : list;
       if (value.length === 0) continue;
-      values[key] = { value: value.map((v) => v.trim()), from: source(setting.flag, true, setting.env) };
+      values[key] = {
+        value: value.map((v) => v.trim()),
+        from: source(setting.flag, true, setting.env),
+      };
       continue;
     }
     const fromEnv = env(setting.env);
@@ -199,28 +211,40 @@ export function parseConfig(
     if (key === "noTls" && parsed.tls === false) return true;
     if (key === "requireTls" && parsed["require-tls"] === true) return true;
     const raw = env(setting.env);
-    if (raw === undefined || raw === "" || raw === "0" || raw.toLowerCase() === "false") return false;
+    if (raw === undefined || raw === "" || raw === "0" || raw.toLowerCase() === "false") {
+      return false;
+    }
     if (raw === "1" || raw.toLowerCase() === "true") return true;
     throw new ConfigError(`Cannot use ${setting.env}=${JSON.stringify(raw)}: use 1 or 0`);
   };
 
-  const listen = (values.listen?.value ?? [DEFAULTS.listen]).map((v) => parseListen(v, from("listen")));
+  const listen = (values.listen?.value ?? [DEFAULTS.listen]).map((v) =>
+    parseListen(v, from("listen"))
+  );
   const listenTls = (values.listenTls?.value ?? []).map((v) => parseListen(v, from("listenTls")));
 
   const hostname = single("hostname") ?? systemHostname();
   if (!isDomainName(hostname)) {
     throw new ConfigError(
-      `Cannot use ${from("hostname")} ${JSON.stringify(hostname)}: it must be a host name such as mx.example.com`,
+      `Cannot use ${from("hostname")} ${
+        JSON.stringify(hostname)
+      }: it must be a host name such as mx.example.com`,
     );
   }
 
   const maildir = single("maildir") ?? DEFAULTS.maildir;
   const problem = maildir === "" ? "it must not be empty" : templateProblem(maildir);
-  if (problem) throw new ConfigError(`Cannot use ${from("maildir")} ${JSON.stringify(maildir)}: ${problem}`);
+  if (problem) {
+    throw new ConfigError(`Cannot use ${from("maildir")} ${JSON.stringify(maildir)}: ${problem}`);
+  }
 
   const domains = (values.domains?.value ?? []).map((domain) => {
     if (!isDomainName(domain)) {
-      throw new ConfigError(`Cannot use ${from("domains")} ${JSON.stringify(domain)}: it must be a domain name such as example.com`);
+      throw new ConfigError(
+        `Cannot use ${from("domains")} ${
+          JSON.stringify(domain)
+        }: it must be a domain name such as example.com`,
+      );
     }
     return domain.toLowerCase();
   });
@@ -230,27 +254,47 @@ export function parseConfig(
   const tlsCert = single("tlsCert");
   const tlsKey = single("tlsKey");
   if ((tlsCert === undefined) !== (tlsKey === undefined)) {
-    throw new ConfigError("Cannot use --tls-cert without --tls-key: give both, or neither for a self-signed certificate");
+    throw new ConfigError(
+      "Cannot use --tls-cert without --tls-key: give both, or neither for a self-signed certificate",
+    );
   }
-  if (noTls && requireTls) throw new ConfigError("Cannot use --require-tls with --no-tls: choose one");
-  if (noTls && listenTls.length > 0) throw new ConfigError("Cannot use --listen-tls with --no-tls: choose one");
+  if (noTls && requireTls) {
+    throw new ConfigError("Cannot use --require-tls with --no-tls: choose one");
+  }
+  if (noTls && listenTls.length > 0) {
+    throw new ConfigError("Cannot use --listen-tls with --no-tls: choose one");
+  }
   if (noTls && tlsCert) throw new ConfigError("Cannot use --tls-cert with --no-tls: choose one");
 
   const logLevel = single("logLevel") ?? DEFAULTS.logLevel;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new ConfigError(`Cannot use ${from("logLevel")} ${JSON.stringify(logLevel)}: use one of ${LOG_LEVELS.join(", ")}`);
+    throw new ConfigError(
+      `Cannot use ${from("logLevel")} ${JSON.stringify(logLevel)}: use one of ${
+        LOG_LEVELS.join(", ")
+      }`,
+    );
   }
   const logFormat = single("logFormat") ?? DEFAULTS.logFormat;
   if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
-    throw new ConfigError(`Cannot use ${from("logFormat")} ${JSON.stringify(logFormat)}: use text or json`);
+    throw new ConfigError(
+      `Cannot use ${from("logFormat")} ${JSON.stringify(logFormat)}: use text or json`,
+    );
   }
 
-  const number = (key: keyof typeof SETTINGS, fallback: number, min: number, max: number, unit = ""): number => {
+  const number = (
+    key: keyof typeof SETTINGS,
+    fallback: number,
+    min: number,
+    max: number,
+    unit = "",
+  ): number => {
     const raw = single(key);
     if (raw === undefined) return fallback;
     const value = key === "maxMessageSize" ? parseSize(raw) : /^\d+$/.test(raw) ? Number(raw) : NaN;
     if (!Number.isSafeInteger(value) || value < min || value > max) {
-      const what = key === "maxMessageSize" ? "a size such as 26214400, 25M or 512K" : `a whole number${unit}`;
+      const what = key === "maxMessageSize"
+        ? "a size such as 26214400, 25M or 512K"
+        : `a whole number${unit}`;
       throw new ConfigError(
         `Cannot use ${from(key)} ${JSON.stringify(raw)}: it must be ${what} from ${min} to ${max}`,
       );
@@ -273,9 +317,12 @@ export function parseConfig(
       maxMessageSize: number("maxMessageSize", LIMITS.maxMessageSize, 1024, 2 ** 40),
       maxRecipients: number("maxRecipients", LIMITS.maxRecipients, 1, 100_000),
       maxErrors: number("maxErrors", LIMITS.maxErrors, 1, 1000),
-      commandTimeout: number("commandTimeout", LIMITS.commandTimeout / 1000, 1, 86_400, " of seconds") * 1000,
-      dataTimeout: number("dataTimeout", LIMITS.dataTimeout / 1000, 1, 86_400, " of seconds") * 1000,
-      shutdownGrace: number("shutdownGrace", DEFAULTS.shutdownGraceSeconds, 0, 86_400, " of seconds") * 1000,
+      commandTimeout:
+        number("commandTimeout", LIMITS.commandTimeout / 1000, 1, 86_400, " of seconds") * 1000,
+      dataTimeout: number("dataTimeout", LIMITS.dataTimeout / 1000, 1, 86_400, " of seconds") *
+        1000,
+      shutdownGrace:
+        number("shutdownGrace", DEFAULTS.shutdownGraceSeconds, 0, 86_400, " of seconds") * 1000,
       logLevel: logLevel as Config["logLevel"],
       logFormat: logFormat as LogFormat,
     },
@@ -286,7 +333,8 @@ export function parseConfig(
 export function parseSize(text: string): number {
   const match = /^(\d+)([KMG]?)$/i.exec(text.trim());
   if (!match) return NaN;
-  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2].toUpperCase() as "" | "K" | "M" | "G"];
+  const unit =
+    { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2].toUpperCase() as "" | "K" | "M" | "G"];
   return Number(match[1]) * unit;
 }
 
@@ -296,12 +344,18 @@ export function parseListen(text: string, from: string): ListenAddress {
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
     throw new ConfigError(
-      `Cannot use ${from} ${JSON.stringify(text)}: write HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:2525 or [::1]:2525`,
+      `Cannot use ${from} ${
+        JSON.stringify(text)
+      }: write HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:2525 or [::1]:2525`,
     );
   }
   const hostname = match[1] ?? match[2];
   if (match[2] !== undefined && !/^(?:\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9.-]+)$/.test(hostname)) {
-    throw new ConfigError(`Cannot use ${from} ${JSON.stringify(text)}: ${JSON.stringify(hostname)} is not an address or host name`);
+    throw new ConfigError(
+      `Cannot use ${from} ${JSON.stringify(text)}: ${
+        JSON.stringify(hostname)
+      } is not an address or host name`,
+    );
   }
   return { hostname, port };
 }

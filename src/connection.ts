@@ -9,11 +9,16 @@
 import type { Logger } from "@logtape/logtape";
 import type tls from "node:tls";
 import { formatAddress } from "./commands.ts";
-import { type Delivery, type DeliveryTransaction, type Envelope, isStorageFull } from "./delivery/delivery.ts";
+import {
+  type Delivery,
+  type DeliveryTransaction,
+  type Envelope,
+  isStorageFull,
+} from "./delivery/delivery.ts";
 import { inspectMessage, MessagePrefix } from "./inspect.ts";
 import { LIMITS } from "./limits.ts";
 import { LineReader } from "./line_reader.ts";
-import { formatReply, greeting, type Reply, REPLIES } from "./replies.ts";
+import { formatReply, greeting, REPLIES, type Reply } from "./replies.ts";
 import { type DataOutcome, Session, type SessionOptions, type Transaction } from "./session.ts";
 import { ReadTimeoutError, type Transport } from "./transport.ts";
 
@@ -42,13 +47,17 @@ let queueCounter = 0;
 export function newQueueId(): string {
   queueCounter = (queueCounter + 1) % 1296;
   const random = crypto.getRandomValues(new Uint8Array(3));
-  return Date.now().toString(36).toUpperCase() + queueCounter.toString(36).toUpperCase().padStart(2, "0") +
+  return Date.now().toString(36).toUpperCase() +
+    queueCounter.toString(36).toUpperCase().padStart(2, "0") +
     Array.from(random, (b) => (b % 36).toString(36)).join("").toUpperCase();
 }
 
 /** A short random id for one connection, on every log line it writes. */
 export function newSessionId(): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(5)), (b) => b.toString(16).padStart(2, "0"))
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(5)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
     .join("");
 }
 
@@ -89,7 +98,9 @@ export class Connection {
   async serve(): Promise<void> {
     const transport = this.#transport;
     const started = performance.now();
-    this.#log.info("Connection from {peer}", { peer: `${transport.remoteAddress}:${transport.remotePort}` });
+    this.#log.info("Connection from {peer}", {
+      peer: `${transport.remoteAddress}:${transport.remotePort}`,
+    });
     try {
       await this.#run();
     } catch (error) {
@@ -125,7 +136,9 @@ export class Connection {
       const read = await this.#reader.readLine(LIMITS.maxCommandLine);
       if (read.kind === "eof") return;
       const session = this.#session;
-      const action = read.kind === "too-long" ? session.lineTooLong() : session.handleLine(read.line);
+      const action = read.kind === "too-long"
+        ? session.lineTooLong()
+        : session.handleLine(read.line);
       if (action.reply.code >= 400) {
         this.#log.info("Rejected {command}: {reply}", {
           command: read.kind === "line" ? commandForLog(read.line) : "(line too long)",
@@ -238,13 +251,19 @@ export class Connection {
     }
     if (failure !== undefined) {
       if (isStorageFull(failure)) outcome = { kind: "storage-full" };
-      this.#log.error("Delivery of {id} failed: {error}", { id: envelope.id, error: describe(failure) });
+      this.#log.error("Delivery of {id} failed: {error}", {
+        id: envelope.id,
+        error: describe(failure),
+      });
     }
     const reply = session.finishData(outcome);
     if (outcome.kind === "queued") {
       this.#logDelivered(envelope, size, prefix, performance.now() - started);
     } else {
-      this.#log.info("Message {id} refused: {reply}", { id: envelope.id, reply: formatReply(reply).trimEnd() });
+      this.#log.info("Message {id} refused: {reply}", {
+        id: envelope.id,
+        reply: formatReply(reply).trimEnd(),
+      });
     }
     return reply;
   }

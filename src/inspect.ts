@@ -85,6 +85,10 @@ export async function inspectMessage(raw: Uint8Array, truncated: boolean): Promi
       truncated,
     };
   } catch (error) {
-    return { attachments: 0, truncated, error: error instanceof Error ? error.message : String(error) };
+    return {
+      attachments: 0,
+      truncated,
+      error: error instanceof Error ? error.message : String(error),
+    };
   }
 }

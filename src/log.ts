@@ -40,8 +40,10 @@ export function formatTextLine(record: LogRecord): string {
 // Strings with spaces, quotes or control characters are JSON-quoted, so that a
 // client-chosen value can never forge a log line or a terminal escape.
 function renderValue(value: unknown): string {
-  // deno-lint-ignore no-control-regex
-  if (typeof value === "string") return /[\s"\\\x00-\x1f\x7f]|^$/.test(value) ? JSON.stringify(value) : value;
+  if (typeof value === "string") {
+    // deno-lint-ignore no-control-regex
+    return /[\s"\\\x00-\x1f\x7f]|^$/.test(value) ? JSON.stringify(value) : value;
+  }
   if (value === undefined) return "-";
   return typeof value === "object" ? JSON.stringify(value) : String(value);
 }

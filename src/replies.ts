@@ -30,8 +30,16 @@ export const REPLIES = {
   startData: { code: 354, lines: ["End data with <CR><LF>.<CR><LF>"] },
   bye: reply(221, "2.0.0", "Bye"),
   readyForTls: reply(220, "2.0.0", "Ready to start TLS"),
-  cannotVerify: reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"),
-  help: reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS"),
+  cannotVerify: reply(
+    252,
+    "2.5.0",
+    "Cannot VRFY user, but will accept message and attempt delivery",
+  ),
+  help: reply(
+    214,
+    "2.0.0",
+    "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+  ),
   unknownCommand: reply(500, "5.5.2", "Error: command not recognized"),
   lineTooLong: reply(500, "5.5.6", "Error: line too long"),
   badBytes: reply(500, "5.5.2", "Error: command contains invalid bytes"),

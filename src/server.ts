@@ -40,7 +40,10 @@ export class Server {
   async start(specs: readonly ListenerSpec[]): Promise<ListenAddress[]> {
     const bound: ListenAddress[] = [];
     for (const spec of specs) {
-      const listener = net.createServer({ pauseOnConnect: true }, (socket) => this.#accept(socket, spec.implicitTls));
+      const listener = net.createServer(
+        { pauseOnConnect: true },
+        (socket) => this.#accept(socket, spec.implicitTls),
+      );
       await new Promise<void>((resolve, reject) => {
         listener.once("error", (error: Error & { code?: string }) => {
           const where = formatListen(spec.address);
@@ -48,16 +51,22 @@ export class Server {
         });
         listener.listen({ host: spec.address.hostname, port: spec.address.port }, () => resolve());
       });
-      listener.on("error", (error) => this.#log.error("Listener error: {error}", { error: error.message }));
+      listener.on(
+        "error",
+        (error) => this.#log.error("Listener error: {error}", { error: error.message }),
+      );
       this.#listeners.push(listener);
       const address = listener.address() as net.AddressInfo;
       const actual = { hostname: address.address, port: address.port };
       bound.push(actual);
-      this.#log.info("Listening on {address} ({kind})", {
-        address: formatListen(actual),
-        kind: spec.implicitTls ? "implicit TLS" : "SMTP",
-      });
     }
+    // Logged once all are open: a start that fails prints only its error.
+    specs.forEach((spec, i) =>
+      this.#log.info("Listening on {address} ({kind})", {
+        address: formatListen(bound[i]),
+        kind: spec.implicitTls ? "implicit TLS" : "SMTP",
+      })
+    );
     return bound;
   }
 
@@ -72,11 +81,15 @@ export class Server {
     for (const listener of this.#listeners) listener.close();
     for (const connection of this.#connections) connection.shutdown();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const grace = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), graceMs));
+    const grace = new Promise<"timeout">((resolve) =>
+      timer = setTimeout(() => resolve("timeout"), graceMs)
+    );
     const result = await Promise.race([Promise.all(this.#served), grace]);
     clearTimeout(timer);
     if (result === "timeout") {
-      this.#log.warn("Shutdown grace ended with {count} connections open", { count: this.#connections.size });
+      this.#log.warn("Shutdown grace ended with {count} connections open", {
+        count: this.#connections.size,
+      });
     }
   }
 
@@ -94,5 +107,7 @@ export class Server {
 
 /** Formats a listen address as `host:port`, with brackets around IPv6. */
 export function formatListen(address: ListenAddress): string {
-  return address.hostname.includes(":") ? `[${address.hostname}]:${address.port}` : `${address.hostname}:${address.port}`;
+  return address.hostname.includes(":")
+    ? `[${address.hostname}]:${address.port}`
+    : `${address.hostname}:${address.port}`;
 }

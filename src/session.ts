@@ -11,13 +11,13 @@ import {
   type Address,
   formatAddress,
   hasControlCharacters,
-  type ParseFailure,
   parseCommandLine,
+  type ParseFailure,
   parseHeloArgument,
   parseMailArgument,
   parseRcptArgument,
 } from "./commands.ts";
-import { ehloReply, heloReply, queuedReply, type Reply, REPLIES } from "./replies.ts";
+import { ehloReply, heloReply, queuedReply, REPLIES, type Reply } from "./replies.ts";
 
 /** What the session needs to know about the server it speaks for. */
 export interface SessionOptions {
@@ -214,7 +214,9 @@ export class Session {
     if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     if (this.#transaction) return this.#fail(REPLIES.badSequenceNestedMail);
     const parsed = parseMailArgument(argument);
-    if (!parsed.ok) return this.#fail(failureReply(parsed.failure, REPLIES.mailSyntax, REPLIES.badSenderAddress));
+    if (!parsed.ok) {
+      return this.#fail(failureReply(parsed.failure, REPLIES.mailSyntax, REPLIES.badSenderAddress));
+    }
     const { sender, size, body, smtpUtf8 } = parsed.value;
     if (size !== undefined && size > this.#options.maxMessageSize) {
       return this.#fail(REPLIES.messageSizeExceedsLimit);
@@ -230,7 +232,11 @@ export class Session {
     const transaction = this.#transaction;
     if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
     const parsed = parseRcptArgument(argument, transaction.smtpUtf8);
-    if (!parsed.ok) return this.#fail(failureReply(parsed.failure, REPLIES.rcptSyntax, REPLIES.badRecipientAddress));
+    if (!parsed.ok) {
+      return this.#fail(
+        failureReply(parsed.failure, REPLIES.rcptSyntax, REPLIES.badRecipientAddress),
+      );
+    }
     const recipient = parsed.value;
     // Not an error: RFC 5321 4.5.3.1.10 says the client sends the rest later.
     if (transaction.recipients.length >= this.#options.maxRecipients) {
@@ -272,7 +278,9 @@ export class Session {
   // as Postfix does with smtpd_hard_error_limit.
   #fail(reply: Reply): Action {
     this.#errors++;
-    if (this.#errors >= this.#options.maxErrors) return { kind: "close", reply: REPLIES.tooManyErrors };
+    if (this.#errors >= this.#options.maxErrors) {
+      return { kind: "close", reply: REPLIES.tooManyErrors };
+    }
     return { kind: "reply", reply };
   }
 }

@@ -43,7 +43,9 @@ export interface Transport extends ChunkSource {
 export class SocketTransport implements Transport {
   #socket: net.Socket;
   #queue: Uint8Array[] = [];
-  #waiter: { resolve: (chunk: Uint8Array | null) => void; reject: (error: Error) => void } | undefined;
+  #waiter:
+    | { resolve: (chunk: Uint8Array | null) => void; reject: (error: Error) => void }
+    | undefined;
   #ended = false;
   #error: Error | undefined;
   #tls: TlsInfo | undefined;

@@ -51,7 +51,9 @@ export async function startServer(
   options: { tlsListener?: boolean; maildir?: string; useTestCert?: boolean } = {},
 ): Promise<RunningServer> {
   const maildir = options.maildir ?? await Deno.makeTempDir({ prefix: "letterbox-test-" });
-  const certArgs = options.useTestCert === false ? [] : ["--tls-cert", CERTS.cert, "--tls-key", CERTS.key];
+  const certArgs = options.useTestCert === false
+    ? []
+    : ["--tls-cert", CERTS.cert, "--tls-key", CERTS.key];
   const process = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -77,7 +79,9 @@ export async function startServer(
   const logs: Record<string, unknown>[] = [];
   const ports: number[] = [];
   let listeningNeeded = options.tlsListener ? 2 : 1;
-  const { promise: ready, resolve: resolveReady, reject: rejectReady } = Promise.withResolvers<void>();
+  const { promise: ready, resolve: resolveReady, reject: rejectReady } = Promise.withResolvers<
+    void
+  >();
   const pump = (async () => {
     let buffered = "";
     for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
@@ -100,7 +104,9 @@ export async function startServer(
         }
       }
     }
-    rejectReady(new Error(`Server exited before listening:\n${logs.map((l) => l.message).join("\n")}`));
+    rejectReady(
+      new Error(`Server exited before listening:\n${logs.map((l) => l.message).join("\n")}`),
+    );
   })();
   const timeout = setTimeout(() => rejectReady(new Error("Server did not start in 30 s")), 30_000);
   try {
@@ -144,7 +150,9 @@ export async function newFiles(dir: string): Promise<string[]> {
 
 /** Reads every message in `dir/new` as text. */
 export async function readMessages(dir: string): Promise<string[]> {
-  return await Promise.all((await newFiles(dir)).map((name) => Deno.readTextFile(`${dir}/new/${name}`)));
+  return await Promise.all(
+    (await newFiles(dir)).map((name) => Deno.readTextFile(`${dir}/new/${name}`)),
+  );
 }
 
 /** The body of a stored message: everything after our three trace headers and the message's own header. */
@@ -174,7 +182,11 @@ export class TestClient {
   /** Connects to 127.0.0.1:`port`, with TLS at once when `tls` is set. */
   static async connect(port: number, tls = false): Promise<TestClient> {
     const conn = tls
-      ? await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [await Deno.readTextFile(CERTS.ca)] })
+      ? await Deno.connectTls({
+        hostname: "127.0.0.1",
+        port,
+        caCerts: [await Deno.readTextFile(CERTS.ca)],
+      })
       : await Deno.connect({ hostname: "127.0.0.1", port });
     return new TestClient(conn);
   }
@@ -198,7 +210,9 @@ export class TestClient {
         return { code: Number(text.slice(0, 3)), lines, text };
       }
       const chunk = await this.#read(deadline);
-      if (chunk === null) throw new Error(`Connection closed; unread: ${JSON.stringify(this.#buffer)}`);
+      if (chunk === null) {
+        throw new Error(`Connection closed; unread: ${JSON.stringify(this.#buffer)}`);
+      }
       this.#buffer += chunk;
     }
   }
@@ -247,14 +261,22 @@ export class TestClient {
   async #read(deadline: number): Promise<string | null> {
     const buffer = new Uint8Array(65_536);
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), deadline - Date.now()));
+    const timeout = new Promise<"timeout">((resolve) =>
+      timer = setTimeout(() => resolve("timeout"), deadline - Date.now())
+    );
     try {
       const result = await Promise.race([this.#conn.read(buffer), timeout]);
-      if (result === "timeout") throw new Error(`Timed out waiting for the server; unread: ${JSON.stringify(this.#buffer)}`);
+      if (result === "timeout") {
+        throw new Error(
+          `Timed out waiting for the server; unread: ${JSON.stringify(this.#buffer)}`,
+        );
+      }
       if (result === null) return null;
       return decoder.decode(buffer.subarray(0, result));
     } catch (error) {
-      if (error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BadResource) return null;
+      if (
+        error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BadResource
+      ) return null;
       throw error;
     } finally {
       clearTimeout(timer);
@@ -282,7 +304,11 @@ export async function run(
     await writer.close();
   }
   const output = await child.output();
-  return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
 }
 
 /** True when `command` can be run here. */

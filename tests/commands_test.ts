@@ -33,9 +33,18 @@ Deno.test("parseMailArgument() names each kind of failure", () => {
   assertEquals(parseMailArgument("FROM:<a@b> BODY=BINARYMIME"), { ok: false, failure: "syntax" });
   assertEquals(parseMailArgument("FROM:<a@b> SIZE=1 SIZE=2"), { ok: false, failure: "syntax" });
   assertEquals(parseMailArgument("FROM:<a b@c>"), { ok: false, failure: "bad-address" });
-  assertEquals(parseMailArgument("FROM:<josé@example.com>"), { ok: false, failure: "needs-smtputf8" });
-  assertEquals(parseMailArgument(`FROM:<${"a".repeat(65)}@b.c>`), { ok: false, failure: "too-long" });
-  assertEquals(parseMailArgument(`FROM:<a@${"b".repeat(300)}.c>`), { ok: false, failure: "too-long" });
+  assertEquals(parseMailArgument("FROM:<josé@example.com>"), {
+    ok: false,
+    failure: "needs-smtputf8",
+  });
+  assertEquals(parseMailArgument(`FROM:<${"a".repeat(65)}@b.c>`), {
+    ok: false,
+    failure: "too-long",
+  });
+  assertEquals(parseMailArgument(`FROM:<a@${"b".repeat(300)}.c>`), {
+    ok: false,
+    failure: "too-long",
+  });
 });
 
 Deno.test("parseRcptArgument() takes <postmaster> without a domain and nothing else without one", () => {
@@ -44,11 +53,17 @@ Deno.test("parseRcptArgument() takes <postmaster> without a domain and nothing e
   assertEquals(postmaster.value.domain, "");
   assertEquals(parseRcptArgument("TO:<alice>", false), { ok: false, failure: "bad-address" });
   assertEquals(parseRcptArgument("TO:<>", false), { ok: false, failure: "syntax" });
-  assertEquals(parseRcptArgument("TO:<a@b.c> NOTIFY=NEVER", false), { ok: false, failure: "unknown-parameter" });
+  assertEquals(parseRcptArgument("TO:<a@b.c> NOTIFY=NEVER", false), {
+    ok: false,
+    failure: "unknown-parameter",
+  });
 });
 
 Deno.test("parseRcptArgument() takes UTF-8 addresses only in SMTPUTF8 transactions", () => {
-  assertEquals(parseRcptArgument("TO:<用户@例子.广告>", false), { ok: false, failure: "needs-smtputf8" });
+  assertEquals(parseRcptArgument("TO:<用户@例子.广告>", false), {
+    ok: false,
+    failure: "needs-smtputf8",
+  });
   const parsed = parseRcptArgument("TO:<用户@例子.广告>", true);
   assert(parsed.ok);
   assertEquals(parsed.value.localText, "用户");
@@ -68,7 +83,10 @@ Deno.test("parseMailbox() unquotes quoted local parts and drops source routes", 
 });
 
 Deno.test("parseParameters() refuses values with = or spaces", () => {
-  assertEquals(parseParameters("A=1 B"), { ok: true, value: new Map<string, string | true>([["A", "1"], ["B", true]]) });
+  assertEquals(parseParameters("A=1 B"), {
+    ok: true,
+    value: new Map<string, string | true>([["A", "1"], ["B", true]]),
+  });
   assertEquals(parseParameters("A=1=2").ok, false);
 });
 

@@ -28,7 +28,11 @@ Deno.test("parseConfig() has safe local defaults", () => {
 });
 
 Deno.test("parseConfig(): flags beat the environment, which beats the defaults", () => {
-  const env = { LETTERBOX_LISTEN: "0.0.0.0:25,[::]:25", LETTERBOX_MAX_MESSAGE_SIZE: "10M", LETTERBOX_NO_TLS: "1" };
+  const env = {
+    LETTERBOX_LISTEN: "0.0.0.0:25,[::]:25",
+    LETTERBOX_MAX_MESSAGE_SIZE: "10M",
+    LETTERBOX_NO_TLS: "1",
+  };
   const fromEnv = config([], env);
   assertEquals(fromEnv.listen, [{ hostname: "0.0.0.0", port: 25 }, { hostname: "::", port: 25 }]);
   assertEquals(fromEnv.maxMessageSize, 10 * 1024 * 1024);
@@ -36,7 +40,10 @@ Deno.test("parseConfig(): flags beat the environment, which beats the defaults",
   const fromFlags = config(["--listen", "[::1]:2525", "--max-message-size", "512K"], env);
   assertEquals(fromFlags.listen, [{ hostname: "::1", port: 2525 }]);
   assertEquals(fromFlags.maxMessageSize, 512 * 1024);
-  assertEquals(config(["--domain", "A.example", "--domain", "b.example"]).domains, ["a.example", "b.example"]);
+  assertEquals(config(["--domain", "A.example", "--domain", "b.example"]).domains, [
+    "a.example",
+    "b.example",
+  ]);
 });
 
 Deno.test("parseConfig() explains each mistake in one sentence", () => {
@@ -49,13 +56,22 @@ Deno.test("parseConfig() explains each mistake in one sentence", () => {
     error([], { LETTERBOX_MAX_RECIPIENTS: "many" }),
     'Cannot use LETTERBOX_MAX_RECIPIENTS "many": it must be a whole number from 1 to 100000',
   );
-  assertEquals(error(["--tls-cert", "x.pem"]), "Cannot use --tls-cert without --tls-key: give both, or neither for a self-signed certificate");
-  assertEquals(error(["--no-tls", "--require-tls"]), "Cannot use --require-tls with --no-tls: choose one");
+  assertEquals(
+    error(["--tls-cert", "x.pem"]),
+    "Cannot use --tls-cert without --tls-key: give both, or neither for a self-signed certificate",
+  );
+  assertEquals(
+    error(["--no-tls", "--require-tls"]),
+    "Cannot use --require-tls with --no-tls: choose one",
+  );
   assertEquals(
     error(["--maildir", "/var/vmail/../{user}"]),
     'Cannot use --maildir "/var/vmail/../{user}": it must not contain ".." segments',
   );
-  assertEquals(error(["--log-level", "loud"]), 'Cannot use --log-level "loud": use one of trace, debug, info, warning, error, fatal');
+  assertEquals(
+    error(["--log-level", "loud"]),
+    'Cannot use --log-level "loud": use one of trace, debug, info, warning, error, fatal',
+  );
 });
 
 Deno.test("parseSize() takes octets and K, M, G suffixes", () => {

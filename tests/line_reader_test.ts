@@ -66,7 +66,9 @@ Deno.test("discardBuffered() drops pipelined input", async () => {
 });
 
 Deno.test("readData() unstuffs dots and stores LF line ends", async () => {
-  const reader = new LineReader(source("Subject: x\r\n\r\n..leading dot\r\n...\r\nend\r\n.\r\nQUIT\r\n"));
+  const reader = new LineReader(
+    source("Subject: x\r\n\r\n..leading dot\r\n...\r\nend\r\n.\r\nQUIT\r\n"),
+  );
   const { content, result } = await readAllData(reader);
   assertEquals(content, "Subject: x\n\n.leading dot\n..\nend\n");
   assertEquals(result.kind, "end");
@@ -84,7 +86,16 @@ Deno.test("readData() gives the same content however the input is split", async 
 });
 
 Deno.test("readData() ends only at CRLF.CRLF, never at bare LF or CR variants", async () => {
-  const smuggling = ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n.\r", "\r\n\x00.\r\n", ".\n", "\r.\r\n"];
+  const smuggling = [
+    "\n.\n",
+    "\n.\r\n",
+    "\r\n.\n",
+    "\r.\r",
+    "\r\n.\r",
+    "\r\n\x00.\r\n",
+    ".\n",
+    "\r.\r\n",
+  ];
   for (const marker of smuggling) {
     const reader = new LineReader(source(`a${marker}MAIL FROM:<x@y>\r\n`, "\r\n.\r\n"));
     const { content, result } = await readAllData(reader);

@@ -40,7 +40,10 @@ Deno.test("Maildir names follow the convention and escape the host name", () => 
 
 Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 0600 in 0700 folders", async () => {
   const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(new Router({ maildir: `${root}/{domain}/{user}`, domains: [], defaultDomain: "x" }), "mx.test");
+  const delivery = new LocalDelivery(
+    new Router({ maildir: `${root}/{domain}/{user}`, domains: [], defaultDomain: "x" }),
+    "mx.test",
+  );
   const transaction = await delivery.begin(envelope("a@one.test", "A+tag@one.test", "b@one.test"));
   await transaction.write(new TextEncoder().encode("Subject: hi\n\nbody\n"));
   const copies = await transaction.commit();
@@ -48,7 +51,11 @@ Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 
   assertEquals(await list(`${root}/one.test/a/tmp`), []);
   const [name] = await list(`${root}/one.test/a/new`);
   const text = await Deno.readTextFile(`${root}/one.test/a/new/${name}`);
-  assert(text.startsWith("Return-Path: <>\nDelivered-To: a@one.test\nDelivered-To: A+tag@one.test\nReceived: "));
+  assert(
+    text.startsWith(
+      "Return-Path: <>\nDelivered-To: a@one.test\nDelivered-To: A+tag@one.test\nReceived: ",
+    ),
+  );
   const size = new TextEncoder().encode(text).length;
   const lines = text.split("\n").length - 1;
   assert(name.endsWith(`,S=${size},W=${size + lines}`), name);
@@ -59,7 +66,10 @@ Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 
 
 Deno.test("LocalDelivery.abort() leaves nothing in tmp/ or new/", async () => {
   const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(new Router({ maildir: root, domains: [], defaultDomain: "x" }), "mx.test");
+  const delivery = new LocalDelivery(
+    new Router({ maildir: root, domains: [], defaultDomain: "x" }),
+    "mx.test",
+  );
   const transaction = await delivery.begin(envelope("a@one.test"));
   await transaction.write(new TextEncoder().encode("x\n"));
   await transaction.abort();
@@ -70,7 +80,10 @@ Deno.test("LocalDelivery.abort() leaves nothing in tmp/ or new/", async () => {
 
 Deno.test("LocalDelivery.commit() takes back every copy when one cannot be stored", async () => {
   const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }), "mx.test");
+  const delivery = new LocalDelivery(
+    new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }),
+    "mx.test",
+  );
   const transaction = await delivery.begin(envelope("a@one.test", "b@one.test"));
   // Sabotage b's copy: its new/ folder becomes a file, so its rename fails.
   await Deno.remove(`${root}/b/new`);

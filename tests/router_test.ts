@@ -16,7 +16,10 @@ const router = new Router({
 });
 
 Deno.test("Router maps a recipient to its domain and user, without the +tag", () => {
-  assertEquals(router.maildirFor(address("Alice+Lists@Example.COM")), "/var/vmail/example.com/alice");
+  assertEquals(
+    router.maildirFor(address("Alice+Lists@Example.COM")),
+    "/var/vmail/example.com/alice",
+  );
   assertEquals(router.maildirFor(address("postmaster")), "/var/vmail/example.com/postmaster");
   assertEquals(router.mailboxAddress(address("postmaster")), "postmaster@example.com");
 });
@@ -27,7 +30,17 @@ Deno.test("Router refuses domains that are not ours with 550 5.7.1", () => {
 });
 
 Deno.test("Router refuses every local part that could leave the Maildir root", () => {
-  for (const text of ['"../../etc"@example.com', '"a/b"@example.com', "a/b@example.com", '".hidden"@example.com', '"a\\\\b"@example.com', '".."@example.com', "+tag@example.com"]) {
+  for (
+    const text of [
+      '"../../etc"@example.com',
+      '"a/b"@example.com',
+      "a/b@example.com",
+      '".hidden"@example.com',
+      '"a\\\\b"@example.com',
+      '".."@example.com',
+      "+tag@example.com",
+    ]
+  ) {
     assertEquals(router.check(address(text)), REPLIES.unsafeRecipient, text);
   }
 });

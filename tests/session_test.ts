@@ -1,5 +1,5 @@
 import type { Address } from "../src/commands.ts";
-import { formatReply, type Reply, REPLIES } from "../src/replies.ts";
+import { formatReply, REPLIES, type Reply } from "../src/replies.ts";
 import { type Action, Session, type SessionOptions } from "../src/session.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
@@ -47,7 +47,10 @@ Deno.test("a whole transaction walks the states in order", () => {
   const data = s.handle("DATA");
   assertEquals(data.kind, "data");
   assertEquals(wire(data), "354 End data with <CR><LF>.<CR><LF>\r\n");
-  assertEquals(formatReply(s.finishData({ kind: "queued", id: "ABC" })), "250 2.0.0 Ok: queued as ABC\r\n");
+  assertEquals(
+    formatReply(s.finishData({ kind: "queued", id: "ABC" })),
+    "250 2.0.0 Ok: queued as ABC\r\n",
+  );
   assertEquals(talk(s, "DATA"), ["503 5.5.1 Error: need MAIL command"]);
 });
 
@@ -70,7 +73,10 @@ Deno.test("commands out of order get 503 5.5.1", () => {
 Deno.test("RSET and a second EHLO end the transaction but keep the greeting", () => {
   const s = session();
   talk(s, "EHLO c", "MAIL FROM:<>");
-  assertEquals(talk(s, "RSET", "RCPT TO:<x@y.test>"), ["250 2.0.0 Ok", "503 5.5.1 Error: need MAIL command"]);
+  assertEquals(talk(s, "RSET", "RCPT TO:<x@y.test>"), [
+    "250 2.0.0 Ok",
+    "503 5.5.1 Error: need MAIL command",
+  ]);
   talk(s, "MAIL FROM:<>");
   assertEquals(talk(s, "EHLO c", "MAIL FROM:<>"), ["250-mx.test", "250 2.1.0 Ok"]);
 });
@@ -78,20 +84,40 @@ Deno.test("RSET and a second EHLO end the transaction but keep the greeting", ()
 Deno.test("each reply to a bad command is the one RFC 5321 names", () => {
   const s = session();
   talk(s, "EHLO c");
-  assertEquals(talk(s, "FOO", "MAIL FROM:<a@b.test> X=1", "MAIL FROM:<a@b.test> SIZE=1001", "MAIL FROM x", "HELO"), [
-    "500 5.5.2 Error: command not recognized",
-    "555 5.5.4 Unsupported MAIL or RCPT parameter",
-    "552 5.3.4 Message size exceeds fixed maximum message size",
-    "501 5.5.4 Syntax: MAIL FROM:<address>",
-    "501 5.5.4 Syntax: EHLO hostname",
-  ]);
-  assertEquals(talk(s, "EHLO c", "MAIL FROM:<>", "RCPT TO:<a@elsewhere.test>", "RCPT TO:<a b@c>", "RCPT TO:<josé@x.test>"), [
-    "250-mx.test",
-    "250 2.1.0 Ok",
-    "550 5.7.1 Relay access denied",
-    "501 5.1.3 Bad recipient address syntax",
-    "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter",
-  ]);
+  assertEquals(
+    talk(
+      s,
+      "FOO",
+      "MAIL FROM:<a@b.test> X=1",
+      "MAIL FROM:<a@b.test> SIZE=1001",
+      "MAIL FROM x",
+      "HELO",
+    ),
+    [
+      "500 5.5.2 Error: command not recognized",
+      "555 5.5.4 Unsupported MAIL or RCPT parameter",
+      "552 5.3.4 Message size exceeds fixed maximum message size",
+      "501 5.5.4 Syntax: MAIL FROM:<address>",
+      "501 5.5.4 Syntax: EHLO hostname",
+    ],
+  );
+  assertEquals(
+    talk(
+      s,
+      "EHLO c",
+      "MAIL FROM:<>",
+      "RCPT TO:<a@elsewhere.test>",
+      "RCPT TO:<a b@c>",
+      "RCPT TO:<josé@x.test>",
+    ),
+    [
+      "250-mx.test",
+      "250 2.1.0 Ok",
+      "550 5.7.1 Relay access denied",
+      "501 5.1.3 Bad recipient address syntax",
+      "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter",
+    ],
+  );
   assertEquals(talk(s, "VRFY alice", "HELP", "NOOP", "QUIT"), [
     "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
     "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
@@ -103,13 +129,23 @@ Deno.test("each reply to a bad command is the one RFC 5321 names", () => {
 Deno.test("past the recipient limit RCPT gets 452 4.5.3 and duplicates count once", () => {
   const s = session();
   talk(s, "EHLO c", "MAIL FROM:<>");
-  assertEquals(talk(s, "RCPT TO:<a@y.test>", "RCPT TO:<A@y.test>", "RCPT TO:<b@y.test>", "RCPT TO:<c@y.test>", "RCPT TO:<d@y.test>"), [
-    "250 2.1.5 Ok",
-    "250 2.1.5 Ok",
-    "250 2.1.5 Ok",
-    "250 2.1.5 Ok",
-    "452 4.5.3 Error: too many recipients",
-  ]);
+  assertEquals(
+    talk(
+      s,
+      "RCPT TO:<a@y.test>",
+      "RCPT TO:<A@y.test>",
+      "RCPT TO:<b@y.test>",
+      "RCPT TO:<c@y.test>",
+      "RCPT TO:<d@y.test>",
+    ),
+    [
+      "250 2.1.5 Ok",
+      "250 2.1.5 Ok",
+      "250 2.1.5 Ok",
+      "250 2.1.5 Ok",
+      "452 4.5.3 Error: too many recipients",
+    ],
+  );
   const data = s.handle("DATA");
   assert(data.kind === "data");
   assertEquals(data.transaction.recipients.map((r) => r.local), ["a", "b", "c"]);
@@ -152,9 +188,18 @@ Deno.test("the error budget ends the session with 421 4.7.0", () => {
 Deno.test("control characters and invalid UTF-8 never reach a parser", () => {
   const s = session();
   const bad = (bytes: number[]) => wire(s.handleLine(new Uint8Array(bytes)));
-  assertEquals(bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0x61, 0x0d, 0x62]), "500 5.5.2 Error: command contains invalid bytes\r\n");
-  assertEquals(bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0xff]), "500 5.5.2 Error: command contains invalid bytes\r\n");
-  assertEquals(bad([0x4e, 0x4f, 0x4f, 0x50, 0x00]), "500 5.5.2 Error: command contains invalid bytes\r\n");
+  assertEquals(
+    bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0x61, 0x0d, 0x62]),
+    "500 5.5.2 Error: command contains invalid bytes\r\n",
+  );
+  assertEquals(
+    bad([0x45, 0x48, 0x4c, 0x4f, 0x20, 0xff]),
+    "500 5.5.2 Error: command contains invalid bytes\r\n",
+  );
+  assertEquals(
+    bad([0x4e, 0x4f, 0x4f, 0x50, 0x00]),
+    "500 5.5.2 Error: command contains invalid bytes\r\n",
+  );
 });
 
 Deno.test("HTTP verbs at the SMTP port end the connection", () => {

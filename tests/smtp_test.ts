@@ -18,7 +18,9 @@ Deno.test("a pipelined transaction gets its replies in one batch, in order", asy
   const client = await greeted(server.port);
   try {
     await client.command("EHLO client.test");
-    await client.send("MAIL FROM:<bob@sender.test>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\n");
+    await client.send(
+      "MAIL FROM:<bob@sender.test>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\n",
+    );
     assertEquals((await client.reply()).text, "250 2.1.0 Ok\r\n");
     assertEquals((await client.reply()).text, "250 2.1.5 Ok\r\n");
     assertEquals((await client.reply()).text, "250 2.1.5 Ok\r\n");
@@ -28,7 +30,10 @@ Deno.test("a pipelined transaction gets its replies in one batch, in order", asy
     assertEquals((await client.reply()).text, "221 2.0.0 Bye\r\n");
     assertEquals(await client.readToClose(), "");
     const [message] = await readMessages(server.maildir);
-    assertStringIncludes(message, "Delivered-To: alice@example.com\nDelivered-To: carol@example.com\n");
+    assertStringIncludes(
+      message,
+      "Delivered-To: alice@example.com\nDelivered-To: carol@example.com\n",
+    );
     assert(message.endsWith("Subject: pipelined\n\nhello\n"));
   } finally {
     client.close();
@@ -46,7 +51,10 @@ Deno.test("dot-stuffed lines, 8-bit bytes and NUL round-trip byte-exact", async 
     assertEquals((await client.command("DATA")).code, 354);
     const body = new Uint8Array([
       ...new TextEncoder().encode("Subject: dots\r\n\r\n..one\r\n...\r\n.\x00x\r\nnaïve \xff"),
-      0xff, 0xfe, 0x0d, 0x0a,
+      0xff,
+      0xfe,
+      0x0d,
+      0x0a,
       ...new TextEncoder().encode("bare\rcr and bare\nlf\r\n.\r\n"),
     ]);
     await client.send(body);
@@ -55,12 +63,17 @@ Deno.test("dot-stuffed lines, 8-bit bytes and NUL round-trip byte-exact", async 
     const stored = await Deno.readFile(`${server.maildir}/new/${name}`);
     const expected = new Uint8Array([
       ...new TextEncoder().encode("Subject: dots\n\n.one\n..\n\x00x\nnaïve \xff"),
-      0xff, 0xfe, 0x0a,
+      0xff,
+      0xfe,
+      0x0a,
       ...new TextEncoder().encode("bare\rcr and bare\nlf\n"),
     ]);
     const content = stored.subarray(stored.length - expected.length);
     assertEquals([...content], [...expected]);
-    assertStringIncludes(new TextDecoder().decode(stored.subarray(0, stored.length - expected.length)), "with ESMTP id");
+    assertStringIncludes(
+      new TextDecoder().decode(stored.subarray(0, stored.length - expected.length)),
+      "with ESMTP id",
+    );
   } finally {
     client.close();
     await server.stop();
@@ -90,7 +103,14 @@ Deno.test("SMTPUTF8 addresses and UTF-8 bodies are delivered and traced as UTF8S
 
 Deno.test("recipients go to their own Maildirs under a template, one copy each", async () => {
   const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
-  const server = await startServer(["--maildir", `${root}/{domain}/{user}`, "--domain", "one.test", "--domain", "two.test"], {
+  const server = await startServer([
+    "--maildir",
+    `${root}/{domain}/{user}`,
+    "--domain",
+    "one.test",
+    "--domain",
+    "two.test",
+  ], {
     maildir: root,
   });
   const client = await greeted(server.port);
@@ -101,8 +121,14 @@ Deno.test("recipients go to their own Maildirs under a template, one copy each",
     assertEquals((await client.command("RCPT TO:<Alice+news@ONE.test>")).code, 250);
     assertEquals((await client.command("RCPT TO:<bob@two.test>")).code, 250);
     assertEquals((await client.command("RCPT TO:<postmaster>")).code, 250);
-    assertEquals((await client.command("RCPT TO:<eve@elsewhere.test>")).text, "550 5.7.1 Relay access denied\r\n");
-    assertEquals((await client.command('RCPT TO:<"../../x"@one.test>')).text, "550 5.1.3 Recipient address cannot be delivered here\r\n");
+    assertEquals(
+      (await client.command("RCPT TO:<eve@elsewhere.test>")).text,
+      "550 5.7.1 Relay access denied\r\n",
+    );
+    assertEquals(
+      (await client.command('RCPT TO:<"../../x"@one.test>')).text,
+      "550 5.1.3 Recipient address cannot be delivered here\r\n",
+    );
     await client.command("DATA");
     await client.send("Subject: many\r\n\r\nhi\r\n.\r\n");
     assertEquals((await client.reply()).code, 250);
@@ -110,7 +136,10 @@ Deno.test("recipients go to their own Maildirs under a template, one copy each",
     assertEquals((await newFiles(`${root}/two.test/bob`)).length, 1);
     assertEquals((await newFiles(`${root}/one.test/postmaster`)).length, 1);
     const [alice] = await readMessages(`${root}/one.test/alice`);
-    assertStringIncludes(alice, "Delivered-To: alice@one.test\nDelivered-To: Alice+news@ONE.test\n");
+    assertStringIncludes(
+      alice,
+      "Delivered-To: alice@one.test\nDelivered-To: Alice+news@ONE.test\n",
+    );
     const [bob] = await readMessages(`${root}/two.test/bob`);
     assertStringIncludes(bob, "for <bob@two.test>;");
   } finally {
@@ -126,12 +155,18 @@ Deno.test("a message over the size limit is read to its end, refused with 552 5.
   try {
     const ehlo = await client.command("EHLO client.test");
     assertStringIncludes(ehlo.text, "250-SIZE 2048\r\n");
-    assertEquals((await client.command("MAIL FROM:<a@b.test> SIZE=4096")).text, "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    assertEquals(
+      (await client.command("MAIL FROM:<a@b.test> SIZE=4096")).text,
+      "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+    );
     await client.command("MAIL FROM:<a@b.test>");
     await client.command("RCPT TO:<x@y.test>");
     await client.command("DATA");
     await client.send(("x".repeat(99) + "\r\n").repeat(100) + ".\r\n");
-    assertEquals((await client.reply()).text, "552 5.3.4 Error: message exceeds fixed maximum message size\r\n");
+    assertEquals(
+      (await client.reply()).text,
+      "552 5.3.4 Error: message exceeds fixed maximum message size\r\n",
+    );
     assertEquals((await client.command("NOOP")).code, 250);
     assertEquals(await newFiles(server.maildir), []);
     const tmp = [];
@@ -144,7 +179,13 @@ Deno.test("a message over the size limit is read to its end, refused with 552 5.
 });
 
 Deno.test("bytes sent after STARTTLS in the same packet are never answered", async () => {
-  for (const injected of ["EHLO evil\r\n", "MAIL FROM:<a@b.test>\r\n", "NOOP\r\nRCPT TO:<x@y.test>\r\n"]) {
+  for (
+    const injected of [
+      "EHLO evil\r\n",
+      "MAIL FROM:<a@b.test>\r\n",
+      "NOOP\r\nRCPT TO:<x@y.test>\r\n",
+    ]
+  ) {
     const server = await startServer();
     const client = await greeted(server.port);
     try {
@@ -154,10 +195,16 @@ Deno.test("bytes sent after STARTTLS in the same packet are never answered", asy
       assertEquals(client.unread, "");
       await client.startTls();
       // The first reply after the handshake must be to our own command.
-      assertEquals((await client.command("MAIL FROM:<a@b.test>")).text, "503 5.5.1 Error: send HELO/EHLO first\r\n");
+      assertEquals(
+        (await client.command("MAIL FROM:<a@b.test>")).text,
+        "503 5.5.1 Error: send HELO/EHLO first\r\n",
+      );
       const ehlo = await client.command("EHLO client.test");
       assert(!ehlo.text.includes("STARTTLS"));
-      assertEquals((await client.command("STARTTLS")).text, "503 5.5.1 Error: TLS already active\r\n");
+      assertEquals(
+        (await client.command("STARTTLS")).text,
+        "503 5.5.1 Error: TLS already active\r\n",
+      );
     } finally {
       client.close();
       await server.stop();
@@ -178,7 +225,10 @@ Deno.test("an implicit-TLS listener greets after the handshake and traces ESMTPS
     await client.send("Subject: tls\r\n\r\nsecret\r\n.\r\n");
     assertEquals((await client.reply()).code, 250);
     const [message] = await readMessages(server.maildir);
-    assertMatch(message, /\(using TLSv1\.[23] with cipher \S+\)\n\tby mx\.test \(Letterbox\) with ESMTPS id/);
+    assertMatch(
+      message,
+      /\(using TLSv1\.[23] with cipher \S+\)\n\tby mx\.test \(Letterbox\) with ESMTPS id/,
+    );
   } finally {
     client.close();
     await server.stop();
@@ -194,7 +244,9 @@ Deno.test("commands ending in bare LF work, but a bare-LF dot never ends DATA", 
     await client.reply();
     await client.reply();
     assertEquals((await client.reply()).code, 354);
-    await client.send("Subject: smuggle\r\n\r\nfirst\n.\nMAIL FROM:<forged@evil.test>\nRCPT TO:<x@y.test>\nDATA\nforged\n.\n");
+    await client.send(
+      "Subject: smuggle\r\n\r\nfirst\n.\nMAIL FROM:<forged@evil.test>\nRCPT TO:<x@y.test>\nDATA\nforged\n.\n",
+    );
     await client.send("\r\n.\r\n");
     assertEquals((await client.reply()).code, 250);
     assertEquals((await client.command("NOOP")).code, 250);
@@ -211,9 +263,15 @@ Deno.test("an over-long command line gets 500 5.5.6 and the session goes on", as
   const server = await startServer();
   const client = await greeted(server.port);
   try {
-    assertEquals((await client.command("EHLO " + "a".repeat(600))).text, "500 5.5.6 Error: line too long\r\n");
+    assertEquals(
+      (await client.command("EHLO " + "a".repeat(600))).text,
+      "500 5.5.6 Error: line too long\r\n",
+    );
     assertEquals((await client.command("NOOP")).code, 250);
-    assertEquals((await client.command("EHLO bad\x01name")).text, "500 5.5.2 Error: command contains invalid bytes\r\n");
+    assertEquals(
+      (await client.command("EHLO bad\x01name")).text,
+      "500 5.5.2 Error: command contains invalid bytes\r\n",
+    );
   } finally {
     client.close();
     await server.stop();
@@ -225,7 +283,10 @@ Deno.test("ten bad commands end the session with 421 4.7.0", async () => {
   const client = await greeted(server.port);
   try {
     for (let i = 0; i < 9; i++) assertEquals((await client.command("BOGUS")).code, 500);
-    assertEquals((await client.command("BOGUS")).text, "421 4.7.0 Error: too many errors, closing connection\r\n");
+    assertEquals(
+      (await client.command("BOGUS")).text,
+      "421 4.7.0 Error: too many errors, closing connection\r\n",
+    );
     assertEquals(await client.readToClose(), "");
   } finally {
     client.close();
@@ -237,7 +298,10 @@ Deno.test("an idle client is told 421 4.4.2 when the command timeout passes", as
   const server = await startServer(["--command-timeout", "1"]);
   const client = await greeted(server.port);
   try {
-    assertEquals((await client.reply(5_000)).text, "421 4.4.2 Error: timeout exceeded, closing connection\r\n");
+    assertEquals(
+      (await client.reply(5_000)).text,
+      "421 4.4.2 Error: timeout exceeded, closing connection\r\n",
+    );
     assertEquals(await client.readToClose(), "");
   } finally {
     client.close();
@@ -256,10 +320,16 @@ Deno.test("SIGTERM lets a message in DATA finish, tells idle clients 421 4.3.2, 
     assertEquals((await busy.command("DATA")).code, 354);
     await busy.send("Subject: in flight\r\n\r\nfirst half\r\n");
     server.process.kill("SIGTERM");
-    assertEquals((await idle.reply()).text, "421 4.3.2 Service shutting down, closing connection\r\n");
+    assertEquals(
+      (await idle.reply()).text,
+      "421 4.3.2 Service shutting down, closing connection\r\n",
+    );
     await busy.send("second half\r\n.\r\n");
     assertMatch((await busy.reply()).text, /^250 2\.0\.0 Ok: queued as /);
-    assertEquals((await busy.reply()).text, "421 4.3.2 Service shutting down, closing connection\r\n");
+    assertEquals(
+      (await busy.reply()).text,
+      "421 4.3.2 Service shutting down, closing connection\r\n",
+    );
     const [message] = await readMessages(server.maildir);
     assert(message.endsWith("first half\nsecond half\n"));
   } finally {
@@ -277,7 +347,9 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
     await client.command("MAIL FROM:<a@b.test>");
     await client.command("RCPT TO:<x@y.test>");
     await client.command("DATA");
-    await client.send("Message-ID: <m1@b.test>\r\nSubject: logged\r\nFrom: A <a@b.test>\r\n\r\nhi\r\n.\r\n");
+    await client.send(
+      "Message-ID: <m1@b.test>\r\nSubject: logged\r\nFrom: A <a@b.test>\r\n\r\nhi\r\n.\r\n",
+    );
     await client.reply();
     await client.command("QUIT");
     await client.readToClose();
@@ -293,7 +365,9 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
   assertEquals(properties.from, "a@b.test");
   const session = properties.session;
   assertMatch(String(session), /^[0-9a-f]{10}$/);
-  const sameSession = server.logs.filter((l) => (l.properties as Record<string, unknown>)?.session === session);
+  const sameSession = server.logs.filter((l) =>
+    (l.properties as Record<string, unknown>)?.session === session
+  );
   assert(sameSession.some((l) => String(l.message).startsWith("Connection from")));
   assert(sameSession.some((l) => String(l.message).startsWith("Disconnected")));
 });

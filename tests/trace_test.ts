@@ -44,5 +44,8 @@ Deno.test("withProtocol() names the protocol as RFC 3848 and RFC 6531 do", () =>
 });
 
 Deno.test("formatMailDate() writes RFC 5322 dates", () => {
-  assertEquals(formatMailDate(new Date(Date.UTC(2027, 0, 3, 23, 59, 1))), "Sun, 3 Jan 2027 23:59:01 +0000");
+  assertEquals(
+    formatMailDate(new Date(Date.UTC(2027, 0, 3, 23, 59, 1))),
+    "Sun, 3 Jan 2027 23:59:01 +0000",
+  );
 });

@@ -78,7 +78,9 @@ class LocalTransaction implements DeliveryTransaction {
         const path = await copy.file!.commit();
         stored[i] = { maildir: copy.maildir, path, recipients: copy.recipients };
       }));
-      await Promise.all([...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectory));
+      await Promise.all(
+        [...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectory),
+      );
       return stored as StoredCopy[];
     } catch (error) {
       // All or nothing: a copy already in new/ is taken back, so the 4xx that

@@ -7,7 +7,7 @@
  */
 
 import type { Address } from "../commands.ts";
-import { type Reply, REPLIES } from "../replies.ts";
+import { REPLIES, type Reply } from "../replies.ts";
 
 /** The placeholders a Maildir template may hold. */
 export const PLACEHOLDERS = ["{domain}", "{user}", "{local}"] as const;
@@ -70,7 +70,9 @@ export class Router {
 
   /** The address as delivery names it: `postmaster` gains the default domain. */
   mailboxAddress(recipient: Address): string {
-    return `${recipient.local}@${recipient.domain === "" ? this.#options.defaultDomain : recipient.domain}`;
+    return `${recipient.local}@${
+      recipient.domain === "" ? this.#options.defaultDomain : recipient.domain
+    }`;
   }
 
   #domainOf(recipient: Address): string {
@@ -99,7 +101,9 @@ export function templateProblem(template: string): string | undefined {
   if (segments.some((segment) => segment === "..")) {
     return 'it must not contain ".." segments';
   }
-  const unknown = template.match(/\{[^}]*\}/g)?.find((p) => !(PLACEHOLDERS as readonly string[]).includes(p));
+  const unknown = template.match(/\{[^}]*\}/g)?.find((p) =>
+    !(PLACEHOLDERS as readonly string[]).includes(p)
+  );
   if (unknown) return `${unknown} is not a placeholder; use {domain}, {user} or {local}`;
   const first = PLACEHOLDERS.map((p) => template.indexOf(p)).filter((i) => i !== -1);
   if (first.length === 0) return undefined;

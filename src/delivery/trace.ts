@@ -16,7 +16,9 @@ const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "
 /** Formats a date as RFC 5322 3.3 wants it, in UTC: `Sun, 29 Nov 2026 08:54:08 +0000`. */
 export function formatMailDate(date: Date): string {
   const pad = (n: number) => String(n).padStart(2, "0");
-  return `${DAYS[date.getUTCDay()]}, ${date.getUTCDate()} ${MONTHS[date.getUTCMonth()]} ${date.getUTCFullYear()} ` +
+  return `${DAYS[date.getUTCDay()]}, ${date.getUTCDate()} ${
+    MONTHS[date.getUTCMonth()]
+  } ${date.getUTCFullYear()} ` +
     `${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}:${pad(date.getUTCSeconds())} +0000`;
 }
 
@@ -54,9 +56,13 @@ export function traceHeaders(
   const client = headerSafe(envelope.clientAddress);
   text += `Received: from ${headerSafe(envelope.heloName)} (unknown [${client}])\n`;
   if (envelope.tls) {
-    text += `\t(using ${headerSafe(envelope.tls.protocol)} with cipher ${headerSafe(envelope.tls.cipher)})\n`;
+    text += `\t(using ${headerSafe(envelope.tls.protocol)} with cipher ${
+      headerSafe(envelope.tls.cipher)
+    })\n`;
   }
-  text += `\tby ${headerSafe(hostname)} (Letterbox) with ${withProtocol(envelope)} id ${envelope.id}`;
+  text += `\tby ${headerSafe(hostname)} (Letterbox) with ${
+    withProtocol(envelope)
+  } id ${envelope.id}`;
   // Postfix names the recipient only when there is one: listing all of them
   // would disclose Bcc recipients to each other.
   if (recipients.length === 1) text += `\n\tfor <${headerSafe(formatAddress(recipients[0]))}>`;

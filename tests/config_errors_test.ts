@@ -1,0 +1,134 @@
+/**
+ * Bad configuration: the real program prints one line on stderr and exits 2.
+ */
+
+import { REPO, run, serverPermissions } from "./_server.ts";
+import { assertEquals, assertMatch } from "./_assert.ts";
+
+async function letterbox(args: string[], env: Record<string, string> = {}) {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-config-" });
+  try {
+    return await run(Deno.execPath(), [
+      "run",
+      ...serverPermissions(dir),
+      `${REPO}/main.ts`,
+      "--maildir",
+      dir,
+      ...args,
+    ], {
+      env,
+      cwd: REPO,
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const CASES: [string, string[], Record<string, string>, RegExp][] = [
+  [
+    "an unknown flag",
+    ["--colour"],
+    {},
+    /^letterbox: Cannot use "--colour": it is not an option; see --help$/,
+  ],
+  [
+    "a bad listen address",
+    ["--listen", "localhost"],
+    {},
+    /^letterbox: Cannot use --listen "localhost": write HOST:PORT/,
+  ],
+  [
+    "a port out of range",
+    ["--listen", "127.0.0.1:70000"],
+    {},
+    /^letterbox: Cannot use --listen "127\.0\.0\.1:70000"/,
+  ],
+  [
+    "a bad environment value",
+    [],
+    { LETTERBOX_MAX_MESSAGE_SIZE: "huge" },
+    /^letterbox: Cannot use LETTERBOX_MAX_MESSAGE_SIZE "huge"/,
+  ],
+  [
+    "an unreadable certificate",
+    ["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"],
+    {},
+    /^letterbox: Cannot read --tls-cert "\/nonexistent\/cert\.pem": /,
+  ],
+  [
+    "a certificate that is not PEM",
+    ["--tls-cert", `${REPO}/deno.json`, "--tls-key", `${REPO}/deno.json`],
+    {},
+    /^letterbox: Cannot (read|use) --tls-cert/,
+  ],
+  [
+    "a template that could escape its root",
+    ["--maildir", "/tmp/../{user}"],
+    {},
+    /^letterbox: Cannot use --maildir "\/tmp\/\.\.\/\{user\}": it must not contain "\.\." segments$/,
+  ],
+  [
+    "a template without a fixed root",
+    ["--maildir", "{domain}/{user}"],
+    {},
+    /^letterbox: Cannot use --maildir "\{domain\}\/\{user\}": placeholders must come after a fixed root/,
+  ],
+  [
+    "a bad log format",
+    [],
+    { LETTERBOX_LOG_FORMAT: "xml" },
+    /^letterbox: Cannot use LETTERBOX_LOG_FORMAT "xml": use text or json$/,
+  ],
+];
+
+for (const [what, args, env, expected] of CASES) {
+  Deno.test(`bad configuration exits 2 with one line: ${what}`, async () => {
+    const result = await letterbox(args, env);
+    assertEquals(result.code, 2, result.stderr);
+    const lines = result.stderr.split("\n").filter((line) => line !== "");
+    assertEquals(lines.length, 1, result.stderr);
+    assertMatch(lines[0], expected);
+  });
+}
+
+Deno.test("bad configuration exits 2 with one line: a listen address already in use", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const port = (taken.addr as Deno.NetAddr).port;
+    const result = await letterbox(["--listen", `127.0.0.1:${port}`, "--no-tls"]);
+    assertEquals(result.code, 2, result.stderr);
+    assertEquals(result.stderr, `letterbox: Cannot listen on 127.0.0.1:${port}: EADDRINUSE\n`);
+  } finally {
+    taken.close();
+  }
+});
+
+Deno.test("--version prints the version and the Deno version", async () => {
+  const result = await letterbox(["--version"]);
+  assertEquals(result.code, 0);
+  assertMatch(result.stdout, /^letterbox \d+\.\d+\.\d+ \(deno \d+\.\d+\.\d+\)\n$/);
+});
+
+Deno.test("--help lists every flag", async () => {
+  const result = await letterbox(["--help"]);
+  assertEquals(result.code, 0);
+  for (
+    const flag of [
+      "--listen ",
+      "--listen-tls",
+      "--hostname",
+      "--maildir",
+      "--domain",
+      "--tls-cert",
+      "--tls-key",
+      "--no-tls",
+      "--require-tls",
+      "--max-message-size",
+      "--max-recipients",
+      "--log-level",
+      "--log-format",
+    ]
+  ) {
+    assertMatch(result.stdout, new RegExp(flag));
+  }
+});

@@ -1,0 +1,152 @@
+/**
+ * The product promise end to end: a message sent over SMTP is read back over
+ * IMAP by a real Dovecot serving the same Maildir.
+ */
+
+import { run, startServer, TestClient } from "./_server.ts";
+import { assertEquals } from "./_assert.ts";
+
+const DOVECOT = "/usr/sbin/dovecot";
+
+/** A free loopback port, found by binding port 0 and letting it go. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/**
+ * A minimal Dovecot: one static user `test` with password `secret`, served as
+ * uid `nobody` (Dovecot refuses to serve mail as root), plaintext login on
+ * loopback, indexes outside the Maildir.
+ */
+function dovecotConfig(dir: string, port: number, maildir: string, user: string): string {
+  return `
+protocols = imap
+listen = 127.0.0.1
+base_dir = ${dir}/run
+state_dir = ${dir}/state
+log_path = ${dir}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:${maildir}:INDEX=${dir}/index:CONTROL=${dir}/control
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 1
+passdb {
+  driver = static
+  args = password=secret
+}
+userdb {
+  driver = static
+  args = ${user} home=${dir}/home
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = ${port}
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = 0
+  }
+}
+service anvil {
+  chroot =
+}
+service imap-login {
+  chroot =
+}
+`;
+}
+
+const IMAP_FETCH = `
+import imaplib, sys, email, time
+from email.header import decode_header, make_header
+port = int(sys.argv[1])
+for attempt in range(50):
+    try:
+        imap = imaplib.IMAP4("127.0.0.1", port)
+        break
+    except OSError:
+        time.sleep(0.1)
+imap.login("test", "secret")
+typ, data = imap.select("INBOX")
+count = int(data[0])
+typ, data = imap.fetch(str(count), "(RFC822)")
+message = email.message_from_bytes(data[0][1])
+print(count)
+print(str(make_header(decode_header(message["Subject"]))))
+print(message.get_payload(decode=True).decode("utf-8").strip())
+imap.logout()
+`;
+
+Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
+  const maildir = `${dir}/Maildir`;
+  await Deno.mkdir(maildir);
+  const server = await startServer(["--maildir", maildir, "--no-tls"], {
+    maildir: dir,
+    useTestCert: false,
+  });
+  let dovecot: Deno.ChildProcess | undefined;
+  try {
+    const client = await TestClient.connect(server.port);
+    try {
+      await client.reply();
+      await client.command("EHLO client.test");
+      await client.command("MAIL FROM:<bob@sender.test>");
+      await client.command("RCPT TO:<test@example.com>");
+      await client.command("DATA");
+      await client.send(
+        "From: bob@sender.test\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_from_Letterbox?=\r\n" +
+          "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHällo over IMAP.\r\n.\r\n",
+      );
+      assertEquals((await client.reply()).code, 250);
+      await client.command("QUIT");
+    } finally {
+      client.close();
+    }
+    for (const sub of ["run", "state", "index", "control", "home"]) {
+      await Deno.mkdir(`${dir}/${sub}`);
+    }
+    let user = `uid=${Deno.uid()} gid=${Deno.gid()}`;
+    if (Deno.uid() === 0) {
+      // Dovecot will not serve mail as root: hand the Maildir (root's, mode 0700) to nobody.
+      user = "uid=nobody gid=nogroup";
+      await Deno.chmod(dir, 0o755);
+      for (const path of [maildir, `${dir}/index`, `${dir}/control`, `${dir}/home`]) {
+        assertEquals((await run("chown", ["-R", "nobody:nogroup", path])).code, 0);
+      }
+    }
+    const port = freePort();
+    await Deno.writeTextFile(`${dir}/dovecot.conf`, dovecotConfig(dir, port, maildir, user));
+    dovecot = new Deno.Command(DOVECOT, {
+      args: ["-F", "-c", `${dir}/dovecot.conf`],
+      stdout: "null",
+      stderr: "null",
+      stdin: "null",
+    }).spawn();
+    const imap = await run("python3", ["-c", IMAP_FETCH, String(port)]);
+    const log = await Deno.readTextFile(`${dir}/dovecot.log`).catch(() => "");
+    assertEquals(imap.stderr, "", log);
+    assertEquals(imap.stdout.split("\n").slice(0, 3), [
+      "1",
+      "Grüße from Letterbox",
+      "Hällo over IMAP.",
+    ]);
+  } finally {
+    if (dovecot) {
+      dovecot.kill("SIGTERM");
+      await dovecot.status;
+    }
+    await server.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
