@@ -15,7 +15,24 @@ RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./M
 BUILD_PERMISSIONS = --allow-net --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 
-.PHONY: run test bench build certs deno clean
+# The real peers the tests use, from Debian. Installed only when missing, and
+# only where we may (root with apt-get); otherwise the list is printed.
+DEBIAN_PACKAGES = dovecot-imapd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
+PEERS = /usr/sbin/dovecot /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
+
+.PHONY: run test bench build certs deno deps clean
+
+deps:
+	@missing=0; for tool in $(PEERS); do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	perl -MIO::Socket::SSL -e1 2>/dev/null || missing=1; \
+	if [ $$missing = 1 ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing test peers: $(DEBIAN_PACKAGES)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+		else \
+			echo "The tests need these Debian packages: $(DEBIAN_PACKAGES)"; exit 1; \
+		fi; \
+	fi
 
 deno:
 	@if ! "$(DENO)" --version >/dev/null 2>&1; then \
@@ -30,13 +47,13 @@ run: deno
 	@mkdir -p Maildir
 	"$(DENO)" run $(RUN_PERMISSIONS) main.ts $(ARGS)
 
-test: deno certs
+test: deno deps certs
 	"$(DENO)" fmt --check
 	"$(DENO)" lint
 	"$(DENO)" check main.ts src/ tests/ bench/
 	"$(DENO)" test --allow-all --frozen tests/
 
-bench: deno certs
+bench: deno deps certs
 	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
 
 # deno compile downloads its runtime (denort) the first time; where that is not
