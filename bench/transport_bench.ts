@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-console -- a command-line benchmark prints its results
 /**
  * The quick measurement behind src/transport.ts: how fast a server reads a
  * stream of bytes from a loopback client, plain and after a server-side TLS
