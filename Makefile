@@ -4,6 +4,14 @@
 DENO_VERSION := 2.9.6
 DENO := $(shell command -v deno 2>/dev/null || echo $(CURDIR)/.tools/node_modules/.bin/deno)
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(PATH)
+# Trust the system's certificate store as well as the built-in ones, so that
+# npm and Deno reach the registry on networks that inspect TLS with their own
+# CA (the case on our CI machines; harmless elsewhere).
+export DENO_TLS_CA_STORE ?= mozilla,system
+SYSTEM_CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+ifneq ($(wildcard $(SYSTEM_CA_BUNDLE)),)
+export NODE_EXTRA_CA_CERTS ?= $(SYSTEM_CA_BUNDLE)
+endif
 
 # The permissions baked into dist/letterbox: network, the Maildir root and the
 # certificate folder, the LETTERBOX_* variables and the host name, nothing else.
