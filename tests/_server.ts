@@ -223,6 +223,25 @@ export class TestClient {
     return await this.reply();
   }
 
+  /**
+   * Runs EHLO (unless `ehlo` is false), MAIL, one RCPT per recipient and DATA,
+   * failing the test unless each is accepted; the next thing to send is the message.
+   */
+  async startMessage(
+    from: string,
+    recipients: string[],
+    { ehlo = true, mailParameters = "" }: { ehlo?: boolean; mailParameters?: string } = {},
+  ): Promise<void> {
+    const expect = async (line: string, code: number) => {
+      const reply = await this.command(line);
+      if (reply.code !== code) throw new Error(`${line} got ${reply.text.trim()}, not ${code}`);
+    };
+    if (ehlo) await expect("EHLO client.test", 250);
+    await expect(`MAIL FROM:<${from}>${mailParameters ? ` ${mailParameters}` : ""}`, 250);
+    for (const recipient of recipients) await expect(`RCPT TO:<${recipient}>`, 250);
+    await expect("DATA", 354);
+  }
+
   /** Resolves with everything until the server closes (or the timeout). */
   async readToClose(timeoutMs = 10_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;

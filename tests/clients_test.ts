@@ -3,7 +3,7 @@
  * openssl s_client, each over STARTTLS.
  */
 
-import { CERTS, have, readMessages, run, startServer } from "./_server.ts";
+import { CERTS, readMessages, run, startServer } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
 const PYTHON_SEND = `
@@ -65,7 +65,6 @@ print(parts[0].get_payload(decode=True) == bytes(range(256)) * 40)`,
 
 Deno.test({
   name: "swaks delivers over STARTTLS",
-  ignore: !(await have("swaks")),
   fn: async () => {
     const server = await startServer();
     try {
@@ -94,31 +93,40 @@ Deno.test({
   },
 });
 
+/** Runs `openssl s_client -starttls smtp` against the server with extra options and input. */
+function sClient(port: number, options: string[], input: string) {
+  return run("openssl", [
+    "s_client",
+    "-starttls",
+    "smtp",
+    "-connect",
+    `127.0.0.1:${port}`,
+    ...options,
+  ], {
+    stdin: input,
+  });
+}
+
 Deno.test({
   name: "openssl s_client -starttls smtp verifies our chain and can send a message",
-  ignore: !(await have("openssl")),
   fn: async () => {
     const server = await startServer();
     try {
       // s_client sends the EHLO and STARTTLS itself; what we type runs inside TLS.
-      const result = await run("openssl", [
-        "s_client",
-        "-starttls",
-        "smtp",
-        "-connect",
-        `127.0.0.1:${server.port}`,
-        "-CAfile",
-        CERTS.ca,
-        "-verify_hostname",
-        "localhost",
-        "-verify_return_error",
-        "-crlf",
-        "-quiet",
-        "-ign_eof",
-      ], {
-        stdin:
-          "EHLO openssl.test\nMAIL FROM:<o@sender.test>\nRCPT TO:<r@example.com>\nDATA\nSubject: openssl\n\nover tls\n.\nQUIT\n",
-      });
+      const result = await sClient(
+        server.port,
+        [
+          "-CAfile",
+          CERTS.ca,
+          "-verify_hostname",
+          "localhost",
+          "-verify_return_error",
+          "-crlf",
+          "-quiet",
+          "-ign_eof",
+        ],
+        "EHLO openssl.test\nMAIL FROM:<o@sender.test>\nRCPT TO:<r@example.com>\nDATA\nSubject: openssl\n\nover tls\n.\nQUIT\n",
+      );
       assertEquals(result.code, 0, result.stderr);
       assertMatch(result.stdout, /250 2\.0\.0 Ok: queued as [0-9A-Z]+\r\n221 2\.0\.0 Bye/);
       const [message] = await readMessages(server.maildir);
@@ -132,20 +140,14 @@ Deno.test({
 
 Deno.test({
   name: "openssl cannot negotiate TLS 1.1 or older",
-  ignore: !(await have("openssl")),
   fn: async () => {
     const server = await startServer();
     try {
-      const result = await run("openssl", [
-        "s_client",
-        "-starttls",
-        "smtp",
-        "-connect",
-        `127.0.0.1:${server.port}`,
+      const result = await sClient(server.port, [
         "-tls1_1",
         "-cipher",
         "DEFAULT@SECLEVEL=0",
-      ], { stdin: "QUIT\n" });
+      ], "QUIT\n");
       assert(result.code !== 0, "handshake must fail");
     } finally {
       await server.stop();

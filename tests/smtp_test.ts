@@ -45,10 +45,9 @@ Deno.test("dot-stuffed lines, 8-bit bytes and NUL round-trip byte-exact", async 
   const server = await startServer();
   const client = await greeted(server.port);
   try {
-    await client.command("EHLO client.test");
-    await client.command("MAIL FROM:<bob@sender.test> BODY=8BITMIME");
-    await client.command("RCPT TO:<alice@example.com>");
-    assertEquals((await client.command("DATA")).code, 354);
+    await client.startMessage("bob@sender.test", ["alice@example.com"], {
+      mailParameters: "BODY=8BITMIME",
+    });
     const body = new Uint8Array([
       ...new TextEncoder().encode("Subject: dots\r\n\r\n..one\r\n...\r\n.\x00x\r\nnaïve \xff"),
       0xff,
@@ -314,10 +313,7 @@ Deno.test("SIGTERM lets a message in DATA finish, tells idle clients 421 4.3.2, 
   const idle = await greeted(server.port);
   const busy = await greeted(server.port);
   try {
-    await busy.command("EHLO client.test");
-    await busy.command("MAIL FROM:<a@b.test>");
-    await busy.command("RCPT TO:<x@y.test>");
-    assertEquals((await busy.command("DATA")).code, 354);
+    await busy.startMessage("a@b.test", ["x@y.test"]);
     await busy.send("Subject: in flight\r\n\r\nfirst half\r\n");
     server.process.kill("SIGTERM");
     assertEquals(
@@ -343,10 +339,7 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
   const server = await startServer();
   const client = await greeted(server.port);
   try {
-    await client.command("EHLO client.test");
-    await client.command("MAIL FROM:<a@b.test>");
-    await client.command("RCPT TO:<x@y.test>");
-    await client.command("DATA");
+    await client.startMessage("a@b.test", ["x@y.test"]);
     await client.send(
       "Message-ID: <m1@b.test>\r\nSubject: logged\r\nFrom: A <a@b.test>\r\n\r\nhi\r\n.\r\n",
     );
