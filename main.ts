@@ -7,7 +7,9 @@
 import type { SecureContext } from "node:tls";
 import { ConfigError, HELP, parseConfig } from "./src/config.ts";
 import { readKeyPair, secureContext, selfSignedKeyPair } from "./src/certificates.ts";
+import { knownMaildirs, removeStaleTmpFiles } from "./src/delivery/cleanup.ts";
 import { LocalDelivery } from "./src/delivery/local.ts";
+import { LIMITS } from "./src/limits.ts";
 import { Router } from "./src/delivery/router.ts";
 import { configureLogging, logger } from "./src/log.ts";
 import { Server } from "./src/server.ts";
@@ -60,6 +62,15 @@ async function main(): Promise<void> {
     warnings.push(() => log.warn("No --domain given: accepting mail for any domain"));
   }
 
+  // Debris from a crash: files older than 36 hours in tmp/ (Maildir specification).
+  let staleRemoved = 0;
+  for (const maildir of await knownMaildirs(config.maildir)) {
+    staleRemoved += await removeStaleTmpFiles(maildir, LIMITS.staleTmpAge).catch(() => 0);
+  }
+  if (staleRemoved > 0) {
+    warnings.push(() => log.warn("Removed {count} stale files from tmp/ folders", { count: staleRemoved }));
+  }
+
   const router = new Router({
     maildir: config.maildir,
     domains: config.domains,
@@ -78,8 +89,9 @@ async function main(): Promise<void> {
     tlsContext: () => tlsContext,
     commandTimeout: config.commandTimeout,
     dataTimeout: config.dataTimeout,
+    greetDelay: config.greetDelay,
     log: logger("smtp"),
-  });
+  }, { maxConnections: config.maxConnections, maxConnectionsPerIp: config.maxConnectionsPerIp });
   try {
     await server.start([
       ...config.listen.map((address) => ({ address, implicitTls: false })),

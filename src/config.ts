@@ -35,6 +35,10 @@ export interface Config {
   readonly maxMessageSize: number;
   readonly maxRecipients: number;
   readonly maxErrors: number;
+  readonly maxConnections: number;
+  readonly maxConnectionsPerIp: number;
+  /** Milliseconds; 0 = greet at once. */
+  readonly greetDelay: number;
   /** Milliseconds. */
   readonly commandTimeout: number;
   /** Milliseconds. */
@@ -84,6 +88,9 @@ const SETTINGS = {
   maxMessageSize: { flag: "max-message-size", env: "LETTERBOX_MAX_MESSAGE_SIZE", list: false },
   maxRecipients: { flag: "max-recipients", env: "LETTERBOX_MAX_RECIPIENTS", list: false },
   maxErrors: { flag: "max-errors", env: "LETTERBOX_MAX_ERRORS", list: false },
+  maxConnections: { flag: "max-connections", env: "LETTERBOX_MAX_CONNECTIONS", list: false },
+  maxConnectionsPerIp: { flag: "max-connections-per-ip", env: "LETTERBOX_MAX_CONNECTIONS_PER_IP", list: false },
+  greetDelay: { flag: "greet-delay", env: "LETTERBOX_GREET_DELAY", list: false },
   commandTimeout: { flag: "command-timeout", env: "LETTERBOX_COMMAND_TIMEOUT", list: false },
   dataTimeout: { flag: "data-timeout", env: "LETTERBOX_DATA_TIMEOUT", list: false },
   shutdownGrace: { flag: "shutdown-grace", env: "LETTERBOX_SHUTDOWN_GRACE", list: false },
@@ -122,6 +129,9 @@ Usage: letterbox [options]
   --max-message-size BYTES   largest message, e.g. 25M or 512K (default ${LIMITS.maxMessageSize})
   --max-recipients N         recipients per message (default ${LIMITS.maxRecipients})
   --max-errors N             bad commands before hanging up (default ${LIMITS.maxErrors})
+  --max-connections N        connections at once (default ${LIMITS.maxConnections})
+  --max-connections-per-ip N connections at once from one address (default ${LIMITS.maxConnectionsPerIp})
+  --greet-delay SECONDS      wait before the greeting; clients that talk first get 554 (default 0 = off)
   --command-timeout SECONDS  wait for a command (default ${LIMITS.commandTimeout / 1000})
   --data-timeout SECONDS     whole DATA phase (default ${LIMITS.dataTimeout / 1000})
   --shutdown-grace SECONDS   time to finish messages on SIGTERM (default ${DEFAULTS.shutdownGraceSeconds})
@@ -286,21 +296,31 @@ export function parseConfig(
     fallback: number,
     min: number,
     max: number,
-    unit = "",
+    inSeconds = false,
   ): number => {
     const raw = single(key);
     if (raw === undefined) return fallback;
-    const value = key === "maxMessageSize" ? parseSize(raw) : /^\d+$/.test(raw) ? Number(raw) : NaN;
-    if (!Number.isSafeInteger(value) || value < min || value > max) {
+    const value = key === "maxMessageSize"
+      ? parseSize(raw)
+      : (inSeconds ? /^\d+(\.\d{1,3})?$/ : /^\d+$/).test(raw)
+      ? Number(raw)
+      : NaN;
+    if (!Number.isFinite(value) || value < min || value > max) {
       const what = key === "maxMessageSize"
         ? "a size such as 26214400, 25M or 512K"
-        : `a whole number${unit}`;
+        : inSeconds
+        ? "a number of seconds"
+        : "a whole number";
       throw new ConfigError(
         `Cannot use ${from(key)} ${JSON.stringify(raw)}: it must be ${what} from ${min} to ${max}`,
       );
     }
     return value;
   };
+
+  // Durations are given in seconds (fractions allowed) and kept in milliseconds.
+  const seconds = (key: keyof typeof SETTINGS, fallbackMs: number, min: number): number =>
+    Math.round(number(key, fallbackMs / 1000, min, 86_400, true) * 1000);
 
   return {
     kind: "run",
@@ -317,12 +337,12 @@ export function parseConfig(
       maxMessageSize: number("maxMessageSize", LIMITS.maxMessageSize, 1024, 2 ** 40),
       maxRecipients: number("maxRecipients", LIMITS.maxRecipients, 1, 100_000),
       maxErrors: number("maxErrors", LIMITS.maxErrors, 1, 1000),
-      commandTimeout:
-        number("commandTimeout", LIMITS.commandTimeout / 1000, 1, 86_400, " of seconds") * 1000,
-      dataTimeout: number("dataTimeout", LIMITS.dataTimeout / 1000, 1, 86_400, " of seconds") *
-        1000,
-      shutdownGrace:
-        number("shutdownGrace", DEFAULTS.shutdownGraceSeconds, 0, 86_400, " of seconds") * 1000,
+      maxConnections: number("maxConnections", LIMITS.maxConnections, 1, 1_000_000),
+      maxConnectionsPerIp: number("maxConnectionsPerIp", LIMITS.maxConnectionsPerIp, 1, 1_000_000),
+      greetDelay: seconds("greetDelay", LIMITS.greetDelay, 0),
+      commandTimeout: seconds("commandTimeout", LIMITS.commandTimeout, 0.1),
+      dataTimeout: seconds("dataTimeout", LIMITS.dataTimeout, 0.1),
+      shutdownGrace: seconds("shutdownGrace", DEFAULTS.shutdownGraceSeconds * 1000, 0),
       logLevel: logLevel as Config["logLevel"],
       logFormat: logFormat as LogFormat,
     },

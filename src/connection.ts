@@ -36,6 +36,8 @@ export interface ConnectionOptions {
   readonly commandTimeout: number;
   /** The whole DATA phase, in milliseconds. */
   readonly dataTimeout: number;
+  /** Wait before the greeting, in milliseconds, to catch early talkers; 0 = off. */
+  readonly greetDelay: number;
   /** The logger; each connection adds its session id. */
   readonly log: Logger;
 }
@@ -129,6 +131,14 @@ export class Connection {
       await transport.startTls(context, LIMITS.tlsHandshakeTimeout);
     }
     this.#session = this.#newSession();
+    if (options.greetDelay > 0) {
+      const before = await this.#beforeGreeting();
+      if (before === "gone") return;
+      if (before === "talked") {
+        this.#log.info("Early talker: closing with 554 5.5.1");
+        return await this.#send(REPLIES.earlyTalker);
+      }
+    }
     await this.#send(greeting(options.session.hostname));
     for (;;) {
       if (this.#shuttingDown) return await this.#send(REPLIES.shuttingDown);
@@ -179,6 +189,19 @@ export class Connection {
     }
   }
 
+  // A client that sends before our greeting is not waiting for it, as RFC 5321
+  // 3.1 requires: spambots pipelining blindly (what postscreen's pregreet test catches).
+  async #beforeGreeting(): Promise<"quiet" | "talked" | "gone"> {
+    const transport = this.#transport;
+    transport.deadline = Date.now() + this.#options.greetDelay;
+    try {
+      return await transport.read() === null ? "gone" : "talked";
+    } catch (error) {
+      if (error instanceof ReadTimeoutError) return "quiet";
+      throw error;
+    }
+  }
+
   #newSession(): Session {
     return new Session({
       ...this.#options.session,
@@ -212,6 +235,7 @@ export class Connection {
     }
     const prefix = new MessagePrefix();
     transport.deadline = Date.now() + this.#options.dataTimeout;
+    transport.idleTimeout = LIMITS.dataReadGap;
     let outcome: DataOutcome;
     let size = 0;
     try {
@@ -248,6 +272,7 @@ export class Connection {
       throw error;
     } finally {
       this.#inData = false;
+      transport.idleTimeout = Infinity;
     }
     if (failure !== undefined) {
       if (isStorageFull(failure)) outcome = { kind: "storage-full" };

@@ -29,6 +29,19 @@ export const LIMITS = {
   commandTimeout: 300_000,
   /** The whole DATA phase (RFC 5321 4.5.3.2.6 asks for at least ten minutes). */
   dataTimeout: 600_000,
+  /**
+   * Longest silence inside DATA: a sender that stalls this long mid-message is
+   * gone (Postfix's smtpd_timeout applies per read in the same way).
+   */
+  dataReadGap: 180_000,
+  /** Connections at once, across all listeners (Postfix's default process limit is 100; we are lighter). */
+  maxConnections: 1000,
+  /** Connections at once from one IP address (postscreen and smtpd_client_connection_count_limit use 50; spambots open many). */
+  maxConnectionsPerIp: 20,
+  /** Wait before greeting to catch clients that talk first (postscreen's pregreet test); 0 = off. */
+  greetDelay: 0,
+  /** Files in a Maildir's tmp/ older than this are crash debris (the Maildir specification says 36 hours). */
+  staleTmpAge: 36 * 3600 * 1000,
   /** Bad commands in one session before we hang up (Postfix's smtpd_hard_error_limit is 20). */
   maxErrors: 10,
   /**

@@ -9,7 +9,8 @@ import type { Logger } from "@logtape/logtape";
 import net from "node:net";
 import { ConfigError, type ListenAddress } from "./config.ts";
 import { Connection, type ConnectionOptions } from "./connection.ts";
-import { SocketTransport } from "./transport.ts";
+import { formatReply, REPLIES } from "./replies.ts";
+import { normaliseAddress, SocketTransport } from "./transport.ts";
 
 /** A listener to open: where, and whether TLS starts at once. */
 export interface ListenerSpec {
@@ -17,17 +18,28 @@ export interface ListenerSpec {
   readonly implicitTls: boolean;
 }
 
+/** How many connections the server holds at once. */
+export interface ConnectionLimits {
+  /** Across all listeners. */
+  readonly maxConnections: number;
+  /** From one IP address. */
+  readonly maxConnectionsPerIp: number;
+}
+
 /** The SMTP server: every listener and every connection. */
 export class Server {
   readonly #options: Omit<ConnectionOptions, "implicitTls">;
+  readonly #limits: ConnectionLimits;
   readonly #log: Logger;
   readonly #listeners: net.Server[] = [];
   readonly #connections = new Set<Connection>();
+  readonly #perIp = new Map<string, number>();
   readonly #served = new Set<Promise<void>>();
 
   /** Creates a server; nothing listens until {@link start}. */
-  constructor(options: Omit<ConnectionOptions, "implicitTls">) {
+  constructor(options: Omit<ConnectionOptions, "implicitTls">, limits: ConnectionLimits) {
     this.#options = options;
+    this.#limits = limits;
     this.#log = options.log;
   }
 
@@ -94,11 +106,34 @@ export class Server {
   }
 
   #accept(socket: net.Socket, implicitTls: boolean): void {
+    // Limits come first, before any TLS or protocol work: the excess costs
+    // one write and a close.
+    const ip = normaliseAddress(socket.remoteAddress ?? "unknown");
+    const fromIp = this.#perIp.get(ip) ?? 0;
+    const { maxConnections, maxConnectionsPerIp } = this.#limits;
+    const refusal = this.#connections.size >= maxConnections
+      ? REPLIES.tooManyConnections
+      : fromIp >= maxConnectionsPerIp
+      ? REPLIES.tooManyConnectionsFromYou
+      : undefined;
+    if (refusal) {
+      this.#log.info("Refused {peer}: {reply}", { peer: ip, reply: formatReply(refusal).trimEnd() });
+      socket.on("error", () => {});
+      // On an implicit-TLS port the client expects a handshake, not text: just close.
+      if (implicitTls) socket.destroy();
+      else socket.end(formatReply(refusal));
+      setTimeout(() => socket.destroy(), 1_000);
+      return;
+    }
+    this.#perIp.set(ip, fromIp + 1);
     const transport = new SocketTransport(socket);
     const connection = new Connection(transport, { ...this.#options, implicitTls });
     this.#connections.add(connection);
     const served = connection.serve().finally(() => {
       this.#connections.delete(connection);
+      const left = (this.#perIp.get(ip) ?? 1) - 1;
+      if (left === 0) this.#perIp.delete(ip);
+      else this.#perIp.set(ip, left);
       this.#served.delete(served);
     });
     this.#served.add(served);

@@ -31,6 +31,8 @@ export interface Transport extends ChunkSource {
   readonly tls: TlsInfo | undefined;
   /** Absolute time (ms since the epoch) after which a waiting read fails with {@link ReadTimeoutError}. */
   deadline: number;
+  /** Longest wait for any one read, in milliseconds, whatever the deadline. */
+  idleTimeout: number;
   /** Writes bytes, waiting only when the client is not reading (backpressure). */
   write(bytes: string | Uint8Array): Promise<void>;
   /** Drops unread input, then performs the server side of a TLS handshake. */
@@ -53,6 +55,7 @@ export class SocketTransport implements Transport {
   readonly remoteAddress: string;
   readonly remotePort: number;
   deadline = Infinity;
+  idleTimeout = Infinity;
 
   readonly #onData = (chunk: Uint8Array) => {
     this.#socket.pause();
@@ -95,7 +98,7 @@ export class SocketTransport implements Transport {
     const queued = this.#queue.shift();
     if (queued) return Promise.resolve(queued);
     if (this.#ended) return this.#error ? Promise.reject(this.#error) : Promise.resolve(null);
-    const wait = this.deadline - Date.now();
+    const wait = Math.min(this.deadline - Date.now(), this.idleTimeout);
     if (wait <= 0) return Promise.reject(new ReadTimeoutError());
     return new Promise((resolve, reject) => {
       this.#waiter = { resolve, reject };
