@@ -68,7 +68,9 @@ async function main(): Promise<void> {
     staleRemoved += await removeStaleTmpFiles(maildir, LIMITS.staleTmpAge).catch(() => 0);
   }
   if (staleRemoved > 0) {
-    warnings.push(() => log.warn("Removed {count} stale files from tmp/ folders", { count: staleRemoved }));
+    warnings.push(() =>
+      log.warn("Removed {count} stale files from tmp/ folders", { count: staleRemoved })
+    );
   }
 
   const router = new Router({

@@ -89,7 +89,11 @@ const SETTINGS = {
   maxRecipients: { flag: "max-recipients", env: "LETTERBOX_MAX_RECIPIENTS", list: false },
   maxErrors: { flag: "max-errors", env: "LETTERBOX_MAX_ERRORS", list: false },
   maxConnections: { flag: "max-connections", env: "LETTERBOX_MAX_CONNECTIONS", list: false },
-  maxConnectionsPerIp: { flag: "max-connections-per-ip", env: "LETTERBOX_MAX_CONNECTIONS_PER_IP", list: false },
+  maxConnectionsPerIp: {
+    flag: "max-connections-per-ip",
+    env: "LETTERBOX_MAX_CONNECTIONS_PER_IP",
+    list: false,
+  },
   greetDelay: { flag: "greet-delay", env: "LETTERBOX_GREET_DELAY", list: false },
   commandTimeout: { flag: "command-timeout", env: "LETTERBOX_COMMAND_TIMEOUT", list: false },
   dataTimeout: { flag: "data-timeout", env: "LETTERBOX_DATA_TIMEOUT", list: false },

@@ -71,7 +71,11 @@ export const REPLIES = {
   forbiddenCommand: reply(221, "2.7.0", "Error: I can break rules, too. Goodbye."),
   messageSizeExceedsLimit: reply(552, "5.3.4", "Message size exceeds fixed maximum message size"),
   tooManyConnections: reply(421, "4.7.0", "Error: too many connections, try again later"),
-  tooManyConnectionsFromYou: reply(421, "4.7.0", "Error: too many connections from your address, try again later"),
+  tooManyConnectionsFromYou: reply(
+    421,
+    "4.7.0",
+    "Error: too many connections from your address, try again later",
+  ),
   earlyTalker: reply(554, "5.5.1", "Error: talking before the greeting is not allowed"),
   shuttingDown: reply(421, "4.3.2", "Service shutting down, closing connection"),
 } as const satisfies Record<string, Reply>;

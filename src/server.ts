@@ -117,7 +117,10 @@ export class Server {
       ? REPLIES.tooManyConnectionsFromYou
       : undefined;
     if (refusal) {
-      this.#log.info("Refused {peer}: {reply}", { peer: ip, reply: formatReply(refusal).trimEnd() });
+      this.#log.info("Refused {peer}: {reply}", {
+        peer: ip,
+        reply: formatReply(refusal).trimEnd(),
+      });
       socket.on("error", () => {});
       // On an implicit-TLS port the client expects a handshake, not text: just close.
       if (implicitTls) socket.destroy();

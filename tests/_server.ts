@@ -78,7 +78,7 @@ export async function startServer(
   }).spawn();
   const logs: Record<string, unknown>[] = [];
   const ports: number[] = [];
-  let listeningNeeded = options.tlsListener ? 2 : 1;
+  const listeners = options.tlsListener ? 2 : 1;
   const { promise: ready, resolve: resolveReady, reject: rejectReady } = Promise.withResolvers<
     void
   >();
@@ -100,7 +100,10 @@ export async function startServer(
         const address = (record.properties as Record<string, unknown> | undefined)?.address;
         if (typeof address === "string" && String(record.message).startsWith("Listening on")) {
           ports.push(Number(address.slice(address.lastIndexOf(":") + 1)));
-          if (--listeningNeeded === 0) resolveReady();
+        }
+        // The ready line comes after every listener and every start-up warning.
+        if (String(record.message).startsWith("Letterbox ") && ports.length === listeners) {
+          resolveReady();
         }
       }
     }

@@ -14,7 +14,9 @@ import { PLACEHOLDERS } from "./router.ts";
  */
 export async function knownMaildirs(template: string): Promise<string[]> {
   const segments = template.split("/");
-  const firstPlaceholder = segments.findIndex((segment) => PLACEHOLDERS.some((p) => segment.includes(p)));
+  const firstPlaceholder = segments.findIndex((segment) =>
+    PLACEHOLDERS.some((p) => segment.includes(p))
+  );
   if (firstPlaceholder === -1) return await isDirectory(template) ? [template] : [];
   let found = [segments.slice(0, firstPlaceholder).join("/") || "/"];
   for (const segment of segments.slice(firstPlaceholder)) {
@@ -37,7 +39,11 @@ export async function knownMaildirs(template: string): Promise<string[]> {
 }
 
 /** Removes files in `maildir/tmp` last modified before `maxAgeMs` ago; returns how many. */
-export async function removeStaleTmpFiles(maildir: string, maxAgeMs: number, now: number = Date.now()): Promise<number> {
+export async function removeStaleTmpFiles(
+  maildir: string,
+  maxAgeMs: number,
+  now: number = Date.now(),
+): Promise<number> {
   let removed = 0;
   try {
     for await (const entry of Deno.readDir(`${maildir}/tmp`)) {
@@ -60,7 +66,9 @@ function segmentPattern(segment: string): RegExp | undefined {
   if (!PLACEHOLDERS.some((p) => segment.includes(p))) return undefined;
   const parts = segment.split(/(\{domain\}|\{user\}|\{local\})/);
   const source = parts.map((part) =>
-    (PLACEHOLDERS as readonly string[]).includes(part) ? "[^/]+" : part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+    (PLACEHOLDERS as readonly string[]).includes(part)
+      ? "[^/]+"
+      : part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
   ).join("");
   return new RegExp(`^${source}$`);
 }

@@ -1,0 +1,299 @@
+/**
+ * Limits, timeouts and hostile input against the real program.
+ */
+
+import {
+  newFiles,
+  readMessages,
+  REPO,
+  serverPermissions,
+  startServer,
+  TestClient,
+} from "./_server.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
+
+async function greeted(port: number): Promise<TestClient> {
+  const client = await TestClient.connect(port);
+  assertEquals((await client.reply()).code, 220);
+  return client;
+}
+
+Deno.test("past --max-connections-per-ip the next client gets 421 4.7.0 and is closed at once", async () => {
+  const server = await startServer(["--max-connections-per-ip", "3"]);
+  const clients = await Promise.all([1, 2, 3].map(() => greeted(server.port)));
+  const extra = await TestClient.connect(server.port);
+  try {
+    assertEquals(
+      await extra.readToClose(),
+      "421 4.7.0 Error: too many connections from your address, try again later\r\n",
+    );
+    clients[0].close();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const again = await greeted(server.port);
+    again.close();
+  } finally {
+    for (const client of clients) client.close();
+    extra.close();
+    await server.stop();
+  }
+});
+
+Deno.test("past --max-connections every client gets 421 4.7.0", async () => {
+  const server = await startServer(["--max-connections", "2"]);
+  const clients = await Promise.all([1, 2].map(() => greeted(server.port)));
+  const extra = await TestClient.connect(server.port);
+  try {
+    assertEquals(
+      await extra.readToClose(),
+      "421 4.7.0 Error: too many connections, try again later\r\n",
+    );
+  } finally {
+    for (const client of clients) client.close();
+    extra.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a client that talks before the greeting gets 554 5.5.1 and is closed", async () => {
+  const server = await startServer(["--greet-delay", "0.5"]);
+  const early = await TestClient.connect(server.port);
+  const polite = await TestClient.connect(server.port);
+  try {
+    await early.send("EHLO spambot\r\nMAIL FROM:<a@b.test>\r\n");
+    assertEquals(
+      await early.readToClose(),
+      "554 5.5.1 Error: talking before the greeting is not allowed\r\n",
+    );
+    assertEquals((await polite.reply()).text, "220 mx.test ESMTP Letterbox\r\n");
+    assertEquals((await polite.command("EHLO polite.test")).code, 250);
+  } finally {
+    early.close();
+    polite.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a sender that stalls inside DATA past --data-timeout gets 421 4.4.2 and nothing is stored", async () => {
+  const server = await startServer(["--data-timeout", "1"]);
+  const client = await greeted(server.port);
+  try {
+    await client.startMessage("a@b.test", ["x@y.test"]);
+    await client.send("Subject: slow\r\n\r\npart");
+    assertEquals(
+      await client.readToClose(5_000),
+      "421 4.4.2 Error: timeout exceeded, closing connection\r\n",
+    );
+    assertEquals(await newFiles(server.maildir), []);
+    assertEquals([...Deno.readDirSync(`${server.maildir}/tmp`)].length, 0);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("each non-standard end-of-data sequence is content: one message, holding the forged text", async () => {
+  const sequences = [
+    "\n.\n",
+    "\n.\r\n",
+    "\r\n.\n",
+    "\r.\r",
+    "\r\n.\r",
+    "\r\n\x00.\r\n",
+    "\r.\r\n",
+    ".\n",
+    "\n..\n",
+    "\r\n.\x00\r\n",
+  ];
+  const server = await startServer();
+  const client = await greeted(server.port);
+  try {
+    await client.command("EHLO client.test");
+    for (const [i, sequence] of sequences.entries()) {
+      await client.startMessage("good@sender.test", ["x@y.test"], { ehlo: false });
+      await client.send(
+        `Subject: smuggle ${i}\r\n\r\nbefore${sequence}MAIL FROM:<forged@evil.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\n` +
+          `Subject: forged ${i}\r\n\r\nforged\r\n.\r\n`,
+      );
+      assertMatch((await client.reply()).text, /^250 2\.0\.0 Ok/, JSON.stringify(sequence));
+      // Whatever followed the real end is commands again: nothing was left over.
+      assertEquals((await client.command("NOOP")).code, 250, JSON.stringify(sequence));
+    }
+    const messages = await readMessages(server.maildir);
+    assertEquals(messages.length, sequences.length);
+    for (const message of messages) {
+      assertStringIncludes(message, "Return-Path: <good@sender.test>");
+      assertStringIncludes(message, "MAIL FROM:<forged@evil.test>");
+      assertStringIncludes(message, "Subject: forged");
+    }
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("recipients that could name a path outside the Maildir root are refused at RCPT", async () => {
+  const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  const server = await startServer([
+    "--maildir",
+    `${root}/mail/{domain}/{user}`,
+    "--max-errors",
+    "100",
+  ], { maildir: root });
+  const client = await greeted(server.port);
+  const hostile = [
+    '"../../etc"@example.com',
+    '".."@example.com',
+    '"a/../../b"@example.com',
+    "a/b@example.com",
+    '"a\\\\b"@example.com',
+    ".hidden@example.com",
+    '".hidden"@example.com',
+    '"a\\/b"@example.com',
+    '"x\\\x00y"@example.com',
+    `${"a".repeat(65)}@example.com`,
+    `"${"a".repeat(200)}"@example.com`,
+    `user@${"a".repeat(64)}.example.com`,
+    "user@example..com",
+    "user@.example.com",
+    "+tag@example.com",
+    "..%2f..%2fetc@example.com",
+  ];
+  // Percent signs and look-alike dots are not decoded or normalised anywhere,
+  // so these are odd but literal names inside the root.
+  const literal = [
+    "a%2f%2e%2e%2fetc@example.com",
+    "%2e%2e@example.com",
+    "\u2024\u2024@example.com",
+  ];
+  try {
+    await client.command("EHLO client.test");
+    await client.command("MAIL FROM:<> SMTPUTF8");
+    for (const address of hostile) {
+      const reply = await client.command(`RCPT TO:<${address}>`);
+      assertMatch(reply.text, /^(550 5\.1\.3|501 5\.1\.3|500 5\.5\.2)/, address);
+    }
+    for (const address of literal) {
+      assertEquals((await client.command(`RCPT TO:<${address}>`)).code, 250, address);
+    }
+    await client.command("DATA");
+    await client.send("Subject: x\r\n\r\nx\r\n.\r\n");
+    assertEquals((await client.reply()).code, 250);
+    assertEquals([...Deno.readDirSync(root)].map((e) => e.name), ["mail"]);
+    assertEquals([...Deno.readDirSync(`${root}/mail`)].map((e) => e.name), ["example.com"]);
+    const boxes = [...Deno.readDirSync(`${root}/mail/example.com`)].map((e) => e.name).sort();
+    assertEquals(boxes, ["%2e%2e", "a%2f%2e%2e%2fetc", "\u2024\u2024"].sort());
+  } finally {
+    client.close();
+    await server.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("CR, LF and control characters in EHLO, addresses or parameters never reach a header", async () => {
+  const server = await startServer();
+  const client = await greeted(server.port);
+  try {
+    assertEquals((await client.command("EHLO evil\rX-Injected: 1")).code, 500);
+    assertEquals((await client.command("EHLO evil\x0bname")).code, 500);
+    await client.command("EHLO client.test");
+    assertEquals((await client.command("MAIL FROM:<a@b.test>\rX-Injected: 1")).code, 500);
+    assertEquals((await client.command("MAIL FROM:<a\x01b@b.test>")).code, 500);
+    await client.command("MAIL FROM:<a@b.test>");
+    assertEquals((await client.command('RCPT TO:<"x\rX-Injected: 1"@y.test>')).code, 500);
+    await client.command("RCPT TO:<x@y.test>");
+    await client.command("DATA");
+    await client.send("Subject: clean\r\n\r\nbody\r\n.\r\n");
+    assertEquals((await client.reply()).code, 250);
+    const [message] = await readMessages(server.maildir);
+    assert(!message.includes("X-Injected"));
+    const header = message.slice(0, message.indexOf("\n\n"));
+    const received = header.match(/^Received:.*(\n\t.*)*/m)?.[0] ?? "";
+    assertEquals(received.split("\n").every((line, i) => i === 0 || line.startsWith("\t")), true);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("files older than 36 hours in tmp/ are removed at start; newer ones stay", async () => {
+  const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  for (const box of ["a.test/alice", "b.test/bob"]) {
+    await Deno.mkdir(`${root}/${box}/tmp`, { recursive: true });
+    await Deno.writeTextFile(`${root}/${box}/tmp/old`, "debris");
+    await Deno.utime(
+      `${root}/${box}/tmp/old`,
+      new Date(Date.now() - 37 * 3600_000),
+      new Date(Date.now() - 37 * 3600_000),
+    );
+    await Deno.writeTextFile(`${root}/${box}/tmp/recent`, "maybe in use");
+  }
+  const server = await startServer(["--maildir", `${root}/{domain}/{user}`], { maildir: root });
+  try {
+    for (const box of ["a.test/alice", "b.test/bob"]) {
+      assertEquals([...Deno.readDirSync(`${root}/${box}/tmp`)].map((e) => e.name), ["recent"]);
+    }
+    assert(server.logs.some((l) => String(l.message).startsWith("Removed 2 stale files")));
+  } finally {
+    await server.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("the server process cannot write outside the folders its permissions name", async () => {
+  // The sandbox allows writing under `allowed`, but the Maildir is configured
+  // outside it: delivery must fail safely (451) and nothing may appear there.
+  const allowed = await Deno.makeTempDir({ prefix: "letterbox-allowed-" });
+  const outside = await Deno.makeTempDir({ prefix: "letterbox-outside-" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...serverPermissions(allowed),
+      `${REPO}/main.ts`,
+      "--listen",
+      "127.0.0.1:0",
+      "--maildir",
+      `${outside}/Maildir`,
+      "--no-tls",
+      "--log-format",
+      "json",
+    ],
+    stderr: "piped",
+    stdout: "null",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  let port = 0;
+  try {
+    while (!port) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(log);
+      log += value;
+      port = Number(/"address":"127\.0\.0\.1:(\d+)"/.exec(log)?.[1] ?? 0);
+    }
+    const client = await greeted(port);
+    try {
+      await client.startMessage("a@b.test", ["x@y.test"]);
+      await client.send("Subject: x\r\n\r\nx\r\n.\r\n");
+      assertEquals(
+        (await client.reply()).text,
+        "451 4.3.0 Error: local error in processing, try again later\r\n",
+      );
+    } finally {
+      client.close();
+    }
+    // The refusal is logged with the reason.
+    while (!log.includes("Delivery of")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      log += value;
+    }
+    assertEquals([...Deno.readDirSync(outside)], []);
+    assertStringIncludes(log, "Requires write access");
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await reader.cancel();
+    await Deno.remove(allowed, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
