@@ -95,7 +95,7 @@ async function main(): Promise<void> {
     log: logger("smtp"),
   }, { maxConnections: config.maxConnections, maxConnectionsPerIp: config.maxConnectionsPerIp });
   try {
-    await server.start([
+    server.start([
       ...config.listen.map((address) => ({ address, implicitTls: false })),
       ...config.listenTls.map((address) => ({ address, implicitTls: true })),
     ]);

@@ -91,8 +91,9 @@ export class Connection {
     if (this.#shuttingDown) return;
     this.#shuttingDown = true;
     if (!this.#inData) {
-      this.#transport.write(formatReply(REPLIES.shuttingDown)).catch(() => {});
-      this.#transport.close();
+      this.#transport.write(encoder.encode(formatReply(REPLIES.shuttingDown)))
+        .catch(() => {})
+        .finally(() => this.#transport.close());
     }
   }
 

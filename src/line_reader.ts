@@ -8,7 +8,10 @@
 
 /** Anything that yields chunks of bytes, `null` at end of stream. */
 export interface ChunkSource {
-  /** Resolves with the next chunk, or `null` when the peer closed. */
+  /**
+   * Resolves with the next chunk, or `null` when the peer closed. A chunk may
+   * be a view into a buffer that the next call reuses.
+   */
   read(): Promise<Uint8Array | null>;
 }
 
@@ -196,7 +199,7 @@ export class LineReader {
           tooLong = true;
           parts.length = 0;
         } else {
-          parts.push(pending);
+          parts.push(pending.slice()); // the source may reuse its buffer
         }
         this.#pending = EMPTY;
         continue;

@@ -6,11 +6,12 @@
  */
 
 import type { Logger } from "@logtape/logtape";
-import net from "node:net";
 import { ConfigError, type ListenAddress } from "./config.ts";
 import { Connection, type ConnectionOptions } from "./connection.ts";
 import { formatReply, REPLIES } from "./replies.ts";
-import { normaliseAddress, SocketTransport } from "./transport.ts";
+import { ConnTransport, normaliseAddress } from "./transport.ts";
+
+const encoder = new TextEncoder();
 
 /** A listener to open: where, and whether TLS starts at once. */
 export interface ListenerSpec {
@@ -31,7 +32,8 @@ export class Server {
   readonly #options: Omit<ConnectionOptions, "implicitTls">;
   readonly #limits: ConnectionLimits;
   readonly #log: Logger;
-  readonly #listeners: net.Server[] = [];
+  readonly #listeners: Deno.TcpListener[] = [];
+  readonly #accepting: Promise<void>[] = [];
   readonly #connections = new Set<Connection>();
   readonly #perIp = new Map<string, number>();
   readonly #served = new Set<Promise<void>>();
@@ -49,36 +51,30 @@ export class Server {
   }
 
   /** Opens every listener; throws {@link ConfigError} when one cannot be opened. */
-  async start(specs: readonly ListenerSpec[]): Promise<ListenAddress[]> {
+  start(specs: readonly ListenerSpec[]): ListenAddress[] {
     const bound: ListenAddress[] = [];
     for (const spec of specs) {
-      const listener = net.createServer(
-        { pauseOnConnect: true },
-        (socket) => this.#accept(socket, spec.implicitTls),
-      );
-      await new Promise<void>((resolve, reject) => {
-        listener.once("error", (error: Error & { code?: string }) => {
-          const where = formatListen(spec.address);
-          reject(new ConfigError(`Cannot listen on ${where}: ${error.code ?? error.message}`));
-        });
-        listener.listen({ host: spec.address.hostname, port: spec.address.port }, () => resolve());
-      });
-      listener.on(
-        "error",
-        (error) => this.#log.error("Listener error: {error}", { error: error.message }),
-      );
+      let listener: Deno.TcpListener;
+      try {
+        listener = Deno.listen({ hostname: spec.address.hostname, port: spec.address.port });
+      } catch (error) {
+        const code = (error as { code?: string }).code ??
+          (error instanceof Error ? error.message : String(error));
+        for (const opened of this.#listeners) opened.close();
+        throw new ConfigError(`Cannot listen on ${formatListen(spec.address)}: ${code}`);
+      }
       this.#listeners.push(listener);
-      const address = listener.address() as net.AddressInfo;
-      const actual = { hostname: address.address, port: address.port };
-      bound.push(actual);
+      const address = listener.addr as Deno.NetAddr;
+      bound.push({ hostname: address.hostname, port: address.port });
     }
     // Logged once all are open: a start that fails prints only its error.
-    specs.forEach((spec, i) =>
+    specs.forEach((spec, i) => {
       this.#log.info("Listening on {address} ({kind})", {
         address: formatListen(bound[i]),
         kind: spec.implicitTls ? "implicit TLS" : "SMTP",
-      })
-    );
+      });
+      this.#accepting.push(this.#acceptLoop(this.#listeners[i], spec.implicitTls));
+    });
     return bound;
   }
 
@@ -88,9 +84,12 @@ export class Server {
    * rest off.
    */
   async shutdown(graceMs: number): Promise<void> {
-    // close() stops accepting at once; its callback would wait for every
-    // connection, which is what the grace period below is for.
-    for (const listener of this.#listeners) listener.close();
+    for (const listener of this.#listeners) {
+      try {
+        listener.close();
+      } catch { /* already closed */ }
+    }
+    await Promise.all(this.#accepting);
     for (const connection of this.#connections) connection.shutdown();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const grace = new Promise<"timeout">((resolve) =>
@@ -105,10 +104,30 @@ export class Server {
     }
   }
 
-  #accept(socket: net.Socket, implicitTls: boolean): void {
+  async #acceptLoop(listener: Deno.TcpListener, implicitTls: boolean): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
+          return;
+        }
+        // Out of file descriptors and the like: say so, breathe, go on.
+        this.#log.error("Accept failed: {error}", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        continue;
+      }
+      this.#accept(conn, implicitTls);
+    }
+  }
+
+  #accept(conn: Deno.TcpConn, implicitTls: boolean): void {
     // Limits come first, before any TLS or protocol work: the excess costs
     // one write and a close.
-    const ip = normaliseAddress(socket.remoteAddress ?? "unknown");
+    const ip = normaliseAddress((conn.remoteAddr as Deno.NetAddr).hostname);
     const fromIp = this.#perIp.get(ip) ?? 0;
     const { maxConnections, maxConnectionsPerIp } = this.#limits;
     const refusal = this.#connections.size >= maxConnections
@@ -121,15 +140,16 @@ export class Server {
         peer: ip,
         reply: formatReply(refusal).trimEnd(),
       });
-      socket.on("error", () => {});
+      const transport = new ConnTransport(conn);
       // On an implicit-TLS port the client expects a handshake, not text: just close.
-      if (implicitTls) socket.destroy();
-      else socket.end(formatReply(refusal));
-      setTimeout(() => socket.destroy(), 1_000);
+      if (implicitTls) return transport.close();
+      transport.write(encoder.encode(formatReply(refusal))).catch(() => {}).finally(() =>
+        transport.close()
+      );
       return;
     }
     this.#perIp.set(ip, fromIp + 1);
-    const transport = new SocketTransport(socket);
+    const transport = new ConnTransport(conn);
     const connection = new Connection(transport, { ...this.#options, implicitTls });
     this.#connections.add(connection);
     const served = connection.serve().finally(() => {
