@@ -13,14 +13,17 @@ ifneq ($(wildcard $(SYSTEM_CA_BUNDLE)),)
 export NODE_EXTRA_CA_CERTS ?= $(SYSTEM_CA_BUNDLE)
 endif
 
-# The permissions baked into dist/letterbox: network, the Maildir root and the
-# certificate folder, the LETTERBOX_* variables and the host name, nothing else.
+# The permissions baked into dist/letterbox: listening on LISTEN_HOSTS, the
+# Maildir root and the certificate folder, the LETTERBOX_* variables and the
+# host name, nothing else.
 # Override for your layout, e.g. make build MAIL_ROOT=/srv/mail.
 MAIL_ROOT ?= /var/vmail
+# The addresses the binary may listen on; it makes no outgoing connections.
+LISTEN_HOSTS ?= 0.0.0.0,[::],127.0.0.1,[::1]
 CERT_DIR ?= /etc/letterbox
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
-BUILD_PERMISSIONS = --allow-net --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
+BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS) --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 
 # The real peers the tests use, from Debian. Installed only when missing, and

@@ -52,7 +52,9 @@ export async function sendMessages(
     for (let message = next(); message; message = next()) {
       await client.send(`MAIL FROM:<${message.from}>\r\nRCPT TO:<${message.to}>\r\nDATA\r\n`);
       const replies = [await client.reply(), await client.reply(), await client.reply()];
-      if (replies[2].code !== 354) throw new Error(`Refused: ${replies.map((r) => r.text).join("")}`);
+      if (replies[2].code !== 354) {
+        throw new Error(`Refused: ${replies.map((r) => r.text).join("")}`);
+      }
       await client.send(dataSection(message.content));
       const reply = await client.reply(60_000);
       const queued = /^250 2\.0\.0 Ok: queued as (\S+)/.exec(reply.text);

@@ -52,14 +52,16 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
     let cursor = 0;
     let killed = false;
     const next = () => killed ? undefined : messages[cursor++];
-    await Promise.all(Array.from({ length: CONNECTIONS }, () =>
-      sendMessages(server.port, next, (message) => {
-        acknowledged.add(message.id);
-        if (!killed && acknowledged.size >= killAfter) {
-          killed = true;
-          server.process.kill("SIGKILL");
-        }
-      })));
+    await Promise.all(
+      Array.from({ length: CONNECTIONS }, () =>
+        sendMessages(server.port, next, (message) => {
+          acknowledged.add(message.id);
+          if (!killed && acknowledged.size >= killAfter) {
+            killed = true;
+            server.process.kill("SIGKILL");
+          }
+        })),
+    );
     assert(killed, `round ${round}: the server was not killed`);
     await server.stop();
 
@@ -74,7 +76,11 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
         const id = /^Message-ID: <([^@]+)@/.exec(text.slice(start))?.[1] ?? "";
         const message = byId.get(id);
         assert(message, `round ${round}: ${name} is not a message we sent`);
-        assertEquals(text.slice(start), stored(message.content), `round ${round}: ${name} is not whole`);
+        assertEquals(
+          text.slice(start),
+          stored(message.content),
+          `round ${round}: ${name} is not whole`,
+        );
         found.add(id);
       }
       const lost = [...acknowledged].filter((id) => !found.has(id));

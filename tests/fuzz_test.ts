@@ -18,7 +18,27 @@ const SESSION_TIMEOUT_MS = 15_000;
 const encoder = new TextEncoder();
 
 // Every code Letterbox may send; anything else is a bug.
-const KNOWN_CODES = new Set([214, 220, 221, 250, 252, 354, 421, 451, 452, 454, 500, 501, 503, 530, 550, 552, 553, 554, 555]);
+const KNOWN_CODES = new Set([
+  214,
+  220,
+  221,
+  250,
+  252,
+  354,
+  421,
+  451,
+  452,
+  454,
+  500,
+  501,
+  503,
+  530,
+  550,
+  552,
+  553,
+  554,
+  555,
+]);
 const REPLY_LINE = /^(\d{3})([ -])([^\r\n]*)\r\n/;
 
 const VALID_SCRIPT = [
@@ -54,31 +74,61 @@ function script(random: () => number): string[] {
   return Array.from({ length }, (_, i) => i < 2 ? VALID_SCRIPT[i] : pick(random, VALID_SCRIPT));
 }
 
-const plain = (text: string | Uint8Array) => ({ bytes: typeof text === "string" ? encoder.encode(text) : text, tls: false });
+const plain = (text: string | Uint8Array) => ({
+  bytes: typeof text === "string" ? encoder.encode(text) : text,
+  tls: false,
+});
 
 const GENERATORS: Record<string, Generator> = {
   "random bytes": (r) => plain(randomBytes(r, Math.floor(r() * 3000))),
-  "NULs in commands": (r) => plain(script(r).map((c) => c.replace(/./g, (ch) => r() < 0.1 ? "\0" : ch)).join("\r\n") + "\r\n"),
+  "NULs in commands": (r) =>
+    plain(
+      script(r).map((c) => c.replace(/./g, (ch) => r() < 0.1 ? "\0" : ch)).join("\r\n") + "\r\n",
+    ),
   "invalid UTF-8": (r) => {
     const parts = script(r).map((c) => encoder.encode(c + "\r\n"));
-    parts.splice(Math.floor(r() * parts.length), 0, Uint8Array.of(0x4d, 0x41, 0x49, 0x4c, 0x20, 0xc3, 0x28, 0xff, 0xfe, 0x0d, 0x0a));
+    parts.splice(
+      Math.floor(r() * parts.length),
+      0,
+      Uint8Array.of(0x4d, 0x41, 0x49, 0x4c, 0x20, 0xc3, 0x28, 0xff, 0xfe, 0x0d, 0x0a),
+    );
     return plain(concat(parts));
   },
-  "over-long line": (r) => plain("EHLO x\r\n" + "A".repeat(500 + Math.floor(r() * 5000)) + (r() < 0.5 ? "\r\n" : "")),
+  "over-long line": (r) =>
+    plain("EHLO x\r\n" + "A".repeat(500 + Math.floor(r() * 5000)) + (r() < 0.5 ? "\r\n" : "")),
   "over-long address": (r) =>
-    plain(`EHLO x\r\nMAIL FROM:<${"a".repeat(60 + Math.floor(r() * 400))}@b.test>\r\nRCPT TO:<x@${"d".repeat(Math.floor(r() * 400))}.test>\r\n`),
+    plain(
+      `EHLO x\r\nMAIL FROM:<${"a".repeat(60 + Math.floor(r() * 400))}@b.test>\r\nRCPT TO:<x@${
+        "d".repeat(Math.floor(r() * 400))
+      }.test>\r\n`,
+    ),
   "bare CR and LF everywhere": (r) =>
-    plain(script(r).join("\r\n").replace(/\r\n|./g, (s) => r() < 0.08 ? pick(r, ["\r", "\n", "\r\r\n", "\n.\n", "\r\n.\r"]) : s) + "\r\n"),
-  "TLS hello on the plain port": (r) => plain(concat([Uint8Array.from(CLIENT_HELLO), randomBytes(r, 200)])),
-  "plain text on the TLS port": (r) => ({ bytes: encoder.encode(script(r).join("\r\n") + "\r\n"), tls: true }),
-  "random bytes on the TLS port": (r) => ({ bytes: randomBytes(r, Math.floor(r() * 600)), tls: true }),
+    plain(
+      script(r).join("\r\n").replace(/\r\n|./g, (s) =>
+        r() < 0.08 ? pick(r, ["\r", "\n", "\r\r\n", "\n.\n", "\r\n.\r"]) : s) + "\r\n",
+    ),
+  "TLS hello on the plain port": (r) =>
+    plain(concat([Uint8Array.from(CLIENT_HELLO), randomBytes(r, 200)])),
+  "plain text on the TLS port": (r) => ({
+    bytes: encoder.encode(script(r).join("\r\n") + "\r\n"),
+    tls: true,
+  }),
+  "random bytes on the TLS port": (r) => ({
+    bytes: randomBytes(r, Math.floor(r() * 600)),
+    tls: true,
+  }),
   "truncated commands": (r) => {
     const text = script(r).join("\r\n") + "\r\n";
     return plain(text.slice(0, Math.floor(r() * text.length)));
   },
-  "duplicated commands": (r) => plain(script(r).flatMap((c) => r() < 0.5 ? [c, c, c] : [c]).join("\r\n") + "\r\n"),
+  "duplicated commands": (r) =>
+    plain(script(r).flatMap((c) => r() < 0.5 ? [c, c, c] : [c]).join("\r\n") + "\r\n"),
   "data without an end": (r) =>
-    plain(`EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n${new TextDecoder().decode(randomBytes(r, 2000))}`),
+    plain(
+      `EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n${
+        new TextDecoder().decode(randomBytes(r, 2000))
+      }`,
+    ),
 };
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -92,7 +142,11 @@ function concat(parts: Uint8Array[]): Uint8Array {
 }
 
 /** Sends one session's bytes in random pieces, half-closes, and reads until the server closes. */
-async function runSession(port: number, bytes: Uint8Array, random: () => number): Promise<Uint8Array> {
+async function runSession(
+  port: number,
+  bytes: Uint8Array,
+  random: () => number,
+): Promise<Uint8Array> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const received: Uint8Array[] = [];
   const reading = (async () => {
@@ -113,7 +167,9 @@ async function runSession(port: number, bytes: Uint8Array, random: () => number)
     await conn.closeWrite();
   } catch { /* the server may close first: that is an allowed ending */ }
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise<"hung">((resolve) => timer = setTimeout(() => resolve("hung"), SESSION_TIMEOUT_MS));
+  const hung = new Promise<"hung">((resolve) =>
+    timer = setTimeout(() => resolve("hung"), SESSION_TIMEOUT_MS)
+  );
   const ended = await Promise.race([reading.then(() => "closed" as const), hung]);
   clearTimeout(timer);
   conn.close();
@@ -126,11 +182,17 @@ async function runSession(port: number, bytes: Uint8Array, random: () => number)
 function checkReplies(transcript: Uint8Array): string | undefined {
   let text = new TextDecoder().decode(transcript);
   if (text === "") return undefined; // a close without a word is allowed
-  if (!text.startsWith("220 mx.test ESMTP Letterbox\r\n") && !text.startsWith("421 ")) return `bad greeting: ${JSON.stringify(text.slice(0, 80))}`;
+  if (!text.startsWith("220 mx.test ESMTP Letterbox\r\n") && !text.startsWith("421 ")) {
+    return `bad greeting: ${JSON.stringify(text.slice(0, 80))}`;
+  }
   while (text !== "") {
     const match = REPLY_LINE.exec(text);
     // After STARTTLS the rest is TLS records, not text.
-    if (!match) return text.includes("220 2.0.0 Ready to start TLS") ? undefined : `malformed: ${JSON.stringify(text.slice(0, 80))}`;
+    if (!match) {
+      return text.includes("220 2.0.0 Ready to start TLS")
+        ? undefined
+        : `malformed: ${JSON.stringify(text.slice(0, 80))}`;
+    }
     if (!KNOWN_CODES.has(Number(match[1]))) return `unknown code ${match[1]}`;
     if (match[0].startsWith("220 2.0.0 Ready to start TLS")) return undefined;
     text = text.slice(match[0].length);
@@ -140,7 +202,16 @@ function checkReplies(transcript: Uint8Array): string | undefined {
 
 Deno.test("ten thousand hostile sessions: well-formed replies or a close, no crash, no hang, honest mail gets through", async () => {
   const server = await startServer(
-    ["--max-connections-per-ip", "5000", "--command-timeout", "10", "--data-timeout", "10", "--log-level", "info"],
+    [
+      "--max-connections-per-ip",
+      "5000",
+      "--command-timeout",
+      "10",
+      "--data-timeout",
+      "10",
+      "--log-level",
+      "info",
+    ],
     { tlsListener: true },
   );
   const random = seededRandom(SEED);
@@ -175,11 +246,17 @@ Deno.test("ten thousand hostile sessions: well-formed replies or a close, no cra
       counts.set(name, (counts.get(name) ?? 0) + 1);
       const { bytes, tls } = GENERATORS[name](sessionRandom);
       try {
-        const transcript = await runSession(tls ? server.tlsPort! : server.port, bytes, sessionRandom);
+        const transcript = await runSession(
+          tls ? server.tlsPort! : server.port,
+          bytes,
+          sessionRandom,
+        );
         const problem = tls ? undefined : checkReplies(transcript);
         if (problem) problems.push(`session ${index} (${name}): ${problem}`);
       } catch (error) {
-        problems.push(`session ${index} (${name}): ${error instanceof Error ? error.message : error}`);
+        problems.push(
+          `session ${index} (${name}): ${error instanceof Error ? error.message : error}`,
+        );
       }
     }
   }));
@@ -188,12 +265,19 @@ Deno.test("ten thousand hostile sessions: well-formed replies or a close, no cra
   await honest;
 
   // The server is still alive and well after all of it.
-  const after: LoadMessage[] = [{ id: "after", from: "a@b.test", to: "x@example.com", content: "Subject: after\r\n\r\nstill here\r\n" }];
+  const after: LoadMessage[] = [{
+    id: "after",
+    from: "a@b.test",
+    to: "x@example.com",
+    content: "Subject: after\r\n\r\nstill here\r\n",
+  }];
   assertEquals(await sendMessages(server.port, () => after.shift(), () => {}), 1);
   const exit = await server.stop();
   // deno-lint-ignore no-console
   console.log(
-    `fuzz: ${SESSIONS} sessions in ${seconds.toFixed(1)} s (seed ${SEED}); honest messages ${honestAcked}/${honestSent}; ` +
+    `fuzz: ${SESSIONS} sessions in ${
+      seconds.toFixed(1)
+    } s (seed ${SEED}); honest messages ${honestAcked}/${honestSent}; ` +
       [...counts].map(([k, v]) => `${k} ${v}`).join(", "),
   );
   assertEquals(problems.slice(0, 10), []);
