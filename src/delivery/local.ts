@@ -7,7 +7,7 @@
 
 import type { Address } from "../commands.ts";
 import type { Delivery, DeliveryTransaction, Envelope, StoredCopy } from "./delivery.ts";
-import { MaildirFile, syncDirectory } from "./maildir.ts";
+import { MaildirFile, syncDirectoryShared } from "./maildir.ts";
 import type { Router } from "./router.ts";
 import { traceHeaders } from "./trace.ts";
 
@@ -79,7 +79,7 @@ class LocalTransaction implements DeliveryTransaction {
         stored[i] = { maildir: copy.maildir, path, recipients: copy.recipients };
       }));
       await Promise.all(
-        [...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectory),
+        [...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectoryShared),
       );
       return stored as StoredCopy[];
     } catch (error) {

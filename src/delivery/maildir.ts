@@ -56,13 +56,19 @@ export class MaildirFile {
 
   /** Creates a new file in `dir/tmp/`, making the Maildir first if needed. */
   static async create(dir: string, hostname: string): Promise<MaildirFile> {
-    await ensureMaildir(dir);
     const base = uniqueName(hostname, Deno.pid);
-    const file = await Deno.open(`${dir}/tmp/${base}`, {
-      write: true,
-      createNew: true,
-      mode: FILE_MODE,
-    });
+    const path = `${dir}/tmp/${base}`;
+    const options = { write: true, createNew: true, mode: FILE_MODE };
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, options);
+    } catch (error) {
+      // Made on first use (and again if someone removed it), not checked
+      // with three mkdir calls per message.
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      await ensureMaildir(dir);
+      file = await Deno.open(path, options);
+    }
     return new MaildirFile(dir, base, file);
   }
 
@@ -91,7 +97,9 @@ export class MaildirFile {
    * path. The caller syncs `new/` itself, so that copies can share one sync.
    */
   async commit(): Promise<string> {
-    await this.#file.sync();
+    // fdatasync: the data and the size needed to read it back, without
+    // timestamps; enough for a file that is renamed and its directory synced.
+    await this.#file.syncData();
     this.#closed = true;
     this.#file.close();
     const name = `${this.#base},S=${this.#size},W=${this.#size + this.#lines}`;
@@ -110,6 +118,33 @@ export class MaildirFile {
     }
     await Deno.remove(this.tmpPath).catch(() => {});
   }
+}
+
+const syncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
+
+/**
+ * Makes a directory's entries durable, sharing one fsync among every caller
+ * that arrives while another is under way (group commit). A caller is only
+ * answered by a sync that started after it called, so its own rename is
+ * always covered; at most one sync runs per directory, and at most one more
+ * waits, whatever the number of deliveries.
+ */
+export function syncDirectoryShared(dir: string): Promise<void> {
+  let state = syncs.get(dir);
+  if (!state) syncs.set(dir, state = {});
+  const current = state;
+  if (!current.running) {
+    current.running = syncDirectory(dir).finally(() => {
+      current.running = undefined;
+      if (!current.next) syncs.delete(dir);
+    });
+    return current.running;
+  }
+  current.next ??= current.running.catch(() => {}).then(() => {
+    current.next = undefined;
+    return syncDirectoryShared(dir);
+  });
+  return current.next;
 }
 
 /** Makes a directory's entries durable: after a rename, the new name survives a power cut. */

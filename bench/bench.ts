@@ -1,0 +1,492 @@
+// deno-lint-ignore-file no-console -- a command-line benchmark prints its results
+/**
+ * `make bench`: Letterbox on a loopback port with a temporary Maildir, driven
+ * by its own pipelining load client, beside the ceilings measured in the same
+ * run: the disk's durable-write rate (a loop doing exactly what a delivery
+ * must: write to tmp/, fsync, rename into new/, fsync new/) and Postfix's
+ * smtp-sink (an SMTP server that stores nothing), when installed.
+ *
+ * Usage: deno run -A bench/bench.ts [--seconds 3] [--quick] [--out FILE]
+ *
+ * @module
+ */
+
+import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
+
+const parseArgs = untypedParseArgs as (
+  args: string[],
+  options: { string: string[]; boolean: string[]; default: Record<string, unknown> },
+) => Record<string, unknown>;
+const flags = parseArgs(Deno.args, {
+  string: ["seconds", "out"],
+  boolean: ["quick"],
+  default: { seconds: "3" },
+});
+const SECONDS = Number(flags.seconds);
+const QUICK = flags.quick === true;
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const CA = await Deno.readTextFile(`${ROOT}/certs/ca.pem`);
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+const CONCURRENCY = QUICK ? [8, 64] : [1, 8, 64];
+const SIZES = QUICK ? [1024, 65_536] : [1024, 65_536, 4 * 1024 * 1024];
+const IDLE_SESSIONS = QUICK ? 1000 : 5000;
+
+// ---------------------------------------------------------------- helpers
+
+function sizeName(bytes: number): string {
+  return bytes >= 1 << 20 ? `${bytes >> 20} MiB` : `${bytes >> 10} KiB`;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+function memory(pid: number, field: "VmRSS" | "VmHWM"): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(
+    Deno.readTextFileSync(`/proc/${pid}/status`),
+  );
+  return match ? Number(match[1]) * 1024 : NaN;
+}
+
+/** Resets a process's peak RSS (Linux: writing 5 to clear_refs); false where not allowed. */
+function resetPeak(pid: number): boolean {
+  try {
+    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A message of exactly `size` octets on the wire (before the final dot). */
+function wireMessage(size: number): Uint8Array {
+  const header = "From: bench@load.test\r\nTo: rcpt@example.com\r\nSubject: bench\r\n\r\n";
+  const line = "x".repeat(76) + "\r\n";
+  let body = "";
+  while (header.length + body.length + line.length <= size) body += line;
+  body += "y".repeat(Math.max(0, size - header.length - body.length - 2)) + "\r\n";
+  return encoder.encode(header + body + ".\r\n");
+}
+
+/** Reads SMTP replies from a connection. */
+class Replies {
+  #conn: Deno.Conn;
+  #text = "";
+  #buffer = new Uint8Array(16_384);
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+  async next(): Promise<number> {
+    for (;;) {
+      const match = /^(?:\d{3}-[^\n]*\n)*(\d{3})(?: [^\n]*)?\n/.exec(this.#text);
+      if (match) {
+        this.#text = this.#text.slice(match[0].length);
+        return Number(match[1]);
+      }
+      const n = await this.#conn.read(this.#buffer);
+      if (n === null) throw new Error("closed");
+      this.#text += decoder.decode(this.#buffer.subarray(0, n));
+    }
+  }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
+}
+
+async function expect(replies: Replies, code: number): Promise<void> {
+  const got = await replies.next();
+  if (got !== code) throw new Error(`expected ${code}, got ${got}`);
+}
+
+/** Opens a session: greeting, EHLO, and STARTTLS + EHLO when asked. */
+async function openSession(
+  port: number,
+  tls: boolean,
+): Promise<{ conn: Deno.Conn; replies: Replies }> {
+  let conn: Deno.Conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let replies = new Replies(conn);
+  await expect(replies, 220);
+  await writeAll(conn, encoder.encode("EHLO load.test\r\n"));
+  await expect(replies, 250);
+  if (tls) {
+    await writeAll(conn, encoder.encode("STARTTLS\r\n"));
+    await expect(replies, 220);
+    conn = await Deno.startTls(conn as Deno.TcpConn, { hostname: "localhost", caCerts: [CA] });
+    replies = new Replies(conn);
+    await writeAll(conn, encoder.encode("EHLO load.test\r\n"));
+    await expect(replies, 250);
+  }
+  return { conn, replies };
+}
+
+interface LoadResult {
+  messages: number;
+  seconds: number;
+  latencies: number[];
+  errors: number;
+}
+
+/** C connections, each sending messages with PIPELINING until the time is up. */
+async function smtpLoad(
+  port: number,
+  connections: number,
+  size: number,
+  tls: boolean,
+  seconds: number,
+): Promise<LoadResult> {
+  const message = wireMessage(size);
+  const envelope = encoder.encode(
+    "MAIL FROM:<bench@load.test>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n",
+  );
+  const latencies: number[] = [];
+  let errors = 0;
+  const started = performance.now();
+  const until = started + seconds * 1000;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    try {
+      const { conn, replies } = await openSession(port, tls);
+      while (performance.now() < until) {
+        await writeAll(conn, envelope);
+        await expect(replies, 250);
+        await expect(replies, 250);
+        await expect(replies, 354);
+        await writeAll(conn, message);
+        const sent = performance.now();
+        await expect(replies, 250);
+        latencies.push(performance.now() - sent);
+      }
+      await writeAll(conn, encoder.encode("QUIT\r\n")).catch(() => {});
+      conn.close();
+    } catch {
+      errors++;
+    }
+  }));
+  return {
+    messages: latencies.length,
+    seconds: (performance.now() - started) / 1000,
+    latencies,
+    errors,
+  };
+}
+
+/** The disk's ceiling: what a delivery must do, and nothing else, C at a time. */
+async function diskLoad(
+  dir: string,
+  connections: number,
+  size: number,
+  seconds: number,
+): Promise<LoadResult> {
+  await Deno.mkdir(`${dir}/tmp`, { recursive: true });
+  await Deno.mkdir(`${dir}/new`, { recursive: true });
+  const content = wireMessage(size);
+  const latencies: number[] = [];
+  let sequence = 0;
+  const started = performance.now();
+  const until = started + seconds * 1000;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < until) {
+      const began = performance.now();
+      const name = `${Date.now()}.${Deno.pid}_${sequence++}.bench`;
+      const file = await Deno.open(`${dir}/tmp/${name}`, {
+        write: true,
+        createNew: true,
+        mode: 0o600,
+      });
+      let offset = 0;
+      while (offset < content.length) offset += await file.write(content.subarray(offset));
+      await file.sync();
+      file.close();
+      await Deno.rename(`${dir}/tmp/${name}`, `${dir}/new/${name}`);
+      const directory = await Deno.open(`${dir}/new`, { read: true });
+      await directory.sync();
+      directory.close();
+      latencies.push(performance.now() - began);
+    }
+  }));
+  return {
+    messages: latencies.length,
+    seconds: (performance.now() - started) / 1000,
+    latencies,
+    errors: 0,
+  };
+}
+
+/** connect + EHLO (+ STARTTLS + EHLO) + QUIT, C at a time. */
+async function connectionLoad(
+  port: number,
+  connections: number,
+  tls: boolean,
+  seconds: number,
+): Promise<number> {
+  let count = 0;
+  const started = performance.now();
+  const until = started + seconds * 1000;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < until) {
+      const { conn, replies } = await openSession(port, tls);
+      await writeAll(conn, encoder.encode("QUIT\r\n"));
+      await expect(replies, 221);
+      conn.close();
+      count++;
+    }
+  }));
+  return count / ((performance.now() - started) / 1000);
+}
+
+async function emptyDir(dir: string): Promise<void> {
+  for (const sub of ["new", "tmp", "cur"]) {
+    await Deno.remove(`${dir}/${sub}`, { recursive: true }).catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------- servers
+
+interface Started {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+async function startLetterbox(maildir: string): Promise<Started> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      `--allow-read=${maildir},${ROOT}/certs`,
+      `--allow-write=${maildir}`,
+      "--allow-env=LETTERBOX_*",
+      "--allow-sys=hostname",
+      `${ROOT}/main.ts`,
+      "--listen",
+      "127.0.0.1:0",
+      "--maildir",
+      maildir,
+      "--hostname",
+      "bench.test",
+      "--tls-cert",
+      `${ROOT}/certs/leaf.pem`,
+      "--tls-key",
+      `${ROOT}/certs/leaf-key.pem`,
+      "--max-connections",
+      "20000",
+      "--max-connections-per-ip",
+      "20000",
+      "--max-message-size",
+      "64M",
+    ],
+    stdout: "null",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  let port = 0;
+  while (!port) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`Letterbox did not start:\n${text}`);
+    text += value;
+    const match = /Listening on 127\.0\.0\.1:(\d+)/.exec(text);
+    if (match && text.includes("ready")) port = Number(match[1]);
+  }
+  // Keep draining the log so the server never blocks on a full pipe.
+  const draining = (async () => {
+    while (!(await reader.read()).done) { /* discard */ }
+  })();
+  return {
+    port,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+      await draining;
+    },
+  };
+}
+
+async function startSink(): Promise<Started | undefined> {
+  const binary = "/usr/sbin/smtp-sink";
+  try {
+    await Deno.stat(binary);
+  } catch {
+    return undefined;
+  }
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const child = new Deno.Command(binary, {
+    args: ["-u", "nobody", "-m", "1000", `127.0.0.1:${port}`, "1024"],
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  for (let i = 0; i < 50; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  return {
+    port,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+// ---------------------------------------------------------------- run
+
+const work = await Deno.makeTempDir({ prefix: "letterbox-bench-" });
+const maildir = `${work}/Maildir`;
+const diskDir = `${work}/disk`;
+await Deno.mkdir(maildir);
+const letterbox = await startLetterbox(maildir);
+const sink = await startSink();
+const peakResettable = resetPeak(letterbox.pid);
+const machine = {
+  cpus: navigator.hardwareConcurrency,
+  cpu:
+    (/model name\s*:\s*(.+)/.exec(await Deno.readTextFile("/proc/cpuinfo").catch(() => ""))?.[1] ??
+      "unknown").trim(),
+  kernel: Deno.osRelease(),
+  deno: Deno.version.deno,
+  filesystem: await new Deno.Command("df", { args: ["-T", work], stdout: "piped" }).output().then((
+    o,
+  ) => decoder.decode(o.stdout).split("\n")[1]?.split(/\s+/)[1] ?? "unknown"),
+};
+console.log(
+  `Letterbox benchmark: ${SECONDS} s a cell, ${machine.cpus} CPUs (${machine.cpu}), ${machine.filesystem}, Deno ${machine.deno}`,
+);
+
+interface Row {
+  connections: number;
+  size: number;
+  tls: boolean;
+  messagesPerSecond: number;
+  megabytesPerSecond: number;
+  p50: number;
+  p99: number;
+  peakRss: number;
+  errors: number;
+  diskCeiling: number;
+  sinkCeiling?: number;
+}
+const rows: Row[] = [];
+for (const size of SIZES) {
+  for (const connections of CONCURRENCY) {
+    // 4 MiB at 64 connections is 256 MiB in flight: a shorter run says as much.
+    const seconds = size > 1 << 20 ? Math.max(2, SECONDS) : SECONDS;
+    await emptyDir(diskDir);
+    const disk = await diskLoad(diskDir, connections, size, seconds);
+    await emptyDir(diskDir);
+    let sinkRate: number | undefined;
+    if (sink) {
+      const result = await smtpLoad(sink.port, connections, size, false, seconds);
+      sinkRate = result.messages / result.seconds;
+    }
+    for (const tls of [false, true]) {
+      await emptyDir(maildir);
+      resetPeak(letterbox.pid);
+      const result = await smtpLoad(letterbox.port, connections, size, tls, seconds);
+      const sorted = result.latencies.sort((a, b) => a - b);
+      const rate = result.messages / result.seconds;
+      const row: Row = {
+        connections,
+        size,
+        tls,
+        messagesPerSecond: rate,
+        megabytesPerSecond: rate * size / 1e6,
+        p50: percentile(sorted, 0.5),
+        p99: percentile(sorted, 0.99),
+        peakRss: memory(letterbox.pid, "VmHWM"),
+        errors: result.errors,
+        diskCeiling: disk.messages / disk.seconds,
+        sinkCeiling: sinkRate,
+      };
+      rows.push(row);
+      console.log(
+        `${String(connections).padStart(3)} conn ${sizeName(size).padStart(7)} ${
+          tls ? "STARTTLS" : "plain   "
+        } ` +
+          `${rate.toFixed(0).padStart(6)} msg/s ${
+            row.megabytesPerSecond.toFixed(1).padStart(7)
+          } MB/s ` +
+          `p50 ${row.p50.toFixed(1).padStart(6)} ms p99 ${row.p99.toFixed(1).padStart(7)} ms ` +
+          `peak RSS ${(row.peakRss / 2 ** 20).toFixed(0).padStart(4)} MiB | disk ${
+            row.diskCeiling.toFixed(0).padStart(6)
+          } msg/s ` +
+          `(${(rate / row.diskCeiling).toFixed(2)}x)` +
+          (sinkRate
+            ? ` | smtp-sink ${sinkRate.toFixed(0).padStart(6)} msg/s (${
+              (rate / sinkRate).toFixed(2)
+            }x)`
+            : "") +
+          (result.errors ? ` | ${result.errors} connection errors` : ""),
+      );
+    }
+  }
+}
+await emptyDir(maildir);
+
+// Connection rate: connect + EHLO (+ STARTTLS + EHLO) + QUIT.
+const connectionRates = {
+  plain: await connectionLoad(letterbox.port, 8, false, SECONDS),
+  starttls: await connectionLoad(letterbox.port, 8, true, SECONDS),
+  sinkPlain: sink ? await connectionLoad(sink.port, 8, false, SECONDS) : undefined,
+};
+console.log(
+  `connections/s at 8 at a time: plain ${connectionRates.plain.toFixed(0)}, with STARTTLS ${
+    connectionRates.starttls.toFixed(0)
+  }` +
+    (connectionRates.sinkPlain ? `; smtp-sink plain ${connectionRates.sinkPlain.toFixed(0)}` : ""),
+);
+
+// Memory per idle session: open many, EHLO each, and compare RSS.
+await new Promise((resolve) => setTimeout(resolve, 500));
+const idleBefore = memory(letterbox.pid, "VmRSS");
+const idle: Deno.Conn[] = [];
+for (let i = 0; i < IDLE_SESSIONS; i += 100) {
+  const batch = await Promise.all(
+    Array.from(
+      { length: Math.min(100, IDLE_SESSIONS - i) },
+      () => openSession(letterbox.port, false),
+    ),
+  );
+  idle.push(...batch.map((session) => session.conn));
+}
+await new Promise((resolve) => setTimeout(resolve, 1000));
+const idleAfter = memory(letterbox.pid, "VmRSS");
+const perSession = (idleAfter - idleBefore) / IDLE_SESSIONS;
+for (const conn of idle) conn.close();
+console.log(
+  `idle sessions: ${IDLE_SESSIONS} after EHLO raise RSS by ${
+    ((idleAfter - idleBefore) / 2 ** 20).toFixed(1)
+  } MiB, ${(perSession / 1024).toFixed(1)} KiB each`,
+);
+
+await letterbox.stop();
+await sink?.stop();
+await Deno.remove(work, { recursive: true });
+
+const results = {
+  date: new Date().toISOString(),
+  command: `make bench${QUICK ? " ARGS=--quick" : ""}`,
+  secondsPerCell: SECONDS,
+  machine,
+  peakRssReset: peakResettable,
+  rows,
+  connectionRates,
+  idleSessions: { sessions: IDLE_SESSIONS, bytesPerSession: perSession },
+};
+const out = (flags.out as string | undefined) ??
+  `${ROOT}/bench/results/${results.date.slice(0, 10)}.json`;
+await Deno.writeTextFile(out, JSON.stringify(results, null, 2) + "\n");
+console.log(`results: ${out}`);
