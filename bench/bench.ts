@@ -18,10 +18,12 @@ const parseArgs = untypedParseArgs as (
   options: { string: string[]; boolean: string[]; default: Record<string, unknown> },
 ) => Record<string, unknown>;
 const flags = parseArgs(Deno.args, {
-  string: ["seconds", "out"],
+  string: ["seconds", "out", "only", "server-v8-flags"],
   boolean: ["quick"],
   default: { seconds: "3" },
 });
+// --only 64x1024 limits the run to one cell (connections x size), for experiments.
+const ONLY = flags.only as string | undefined;
 const SECONDS = Number(flags.seconds);
 const QUICK = flags.quick === true;
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -256,6 +258,7 @@ async function startLetterbox(maildir: string): Promise<Started> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
+      ...(flags["server-v8-flags"] ? [`--v8-flags=${flags["server-v8-flags"]}`] : []),
       "--allow-net=127.0.0.1",
       `--allow-read=${maildir},${ROOT}/certs`,
       `--allow-write=${maildir}`,
@@ -382,6 +385,7 @@ interface Row {
 const rows: Row[] = [];
 for (const size of SIZES) {
   for (const connections of CONCURRENCY) {
+    if (ONLY && ONLY !== `${connections}x${size}`) continue;
     // 4 MiB at 64 connections is 256 MiB in flight: a shorter run says as much.
     const seconds = size > 1 << 20 ? Math.max(2, SECONDS) : SECONDS;
     await emptyDir(diskDir);
