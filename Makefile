@@ -65,7 +65,7 @@ test: deno deps certs
 	"$(DENO)" test --allow-all --frozen tests/
 
 bench: deno deps certs
-	"$(DENO)" run --allow-all bench/transport_bench.ts $(ARGS)
+	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
 
 # deno compile downloads its runtime (denort) the first time; where that is not
 # reachable, point DENORT_BIN at a denort binary for Deno $(DENO_VERSION).

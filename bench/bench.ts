@@ -255,58 +255,57 @@ interface Started {
 }
 
 async function startLetterbox(maildir: string): Promise<Started> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...(flags["server-v8-flags"] ? [`--v8-flags=${flags["server-v8-flags"]}`] : []),
-      "--allow-net=127.0.0.1",
-      `--allow-read=${maildir},${ROOT}/certs`,
-      `--allow-write=${maildir}`,
-      "--allow-env=LETTERBOX_*",
-      "--allow-sys=hostname",
-      `${ROOT}/main.ts`,
-      "--listen",
-      "127.0.0.1:0",
-      "--maildir",
-      maildir,
-      "--hostname",
-      "bench.test",
-      "--tls-cert",
-      `${ROOT}/certs/leaf.pem`,
-      "--tls-key",
-      `${ROOT}/certs/leaf-key.pem`,
-      "--max-connections",
-      "20000",
-      "--max-connections-per-ip",
-      "20000",
-      "--max-message-size",
-      "64M",
-    ],
+  const args = [
+    "run",
+    ...(flags["server-v8-flags"] ? [`--v8-flags=${flags["server-v8-flags"]}`] : []),
+    "--allow-net=127.0.0.1",
+    `--allow-read=${maildir},${ROOT}/certs`,
+    `--allow-write=${maildir}`,
+    "--allow-env=LETTERBOX_*",
+    "--allow-sys=hostname",
+    `${ROOT}/main.ts`,
+    "--listen",
+    "127.0.0.1:0",
+    "--maildir",
+    maildir,
+    "--hostname",
+    "bench.test",
+    "--tls-cert",
+    `${ROOT}/certs/leaf.pem`,
+    "--tls-key",
+    `${ROOT}/certs/leaf-key.pem`,
+    "--max-connections",
+    "20000",
+    "--max-connections-per-ip",
+    "20000",
+    "--max-message-size",
+    "256M",
+  ];
+  // The log goes to a file, as it would go to journald in production: a pipe
+  // read by this busy load client would make the server wait on its own logging.
+  const log = await Deno.makeTempFile({ prefix: "letterbox-bench-log-" });
+  const quoted = [Deno.execPath(), ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+  const child = new Deno.Command("sh", {
+    args: ["-c", `exec ${quoted} 2>>'${log}'`],
     stdout: "null",
-    stderr: "piped",
+    stderr: "null",
     stdin: "null",
   }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
   let port = 0;
-  while (!port) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`Letterbox did not start:\n${text}`);
-    text += value;
+  for (let tries = 0; !port; tries++) {
+    if (tries > 300) throw new Error(`Letterbox did not start:\n${await Deno.readTextFile(log)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const text = await Deno.readTextFile(log);
     const match = /Listening on 127\.0\.0\.1:(\d+)/.exec(text);
     if (match && text.includes("ready")) port = Number(match[1]);
   }
-  // Keep draining the log so the server never blocks on a full pipe.
-  const draining = (async () => {
-    while (!(await reader.read()).done) { /* discard */ }
-  })();
   return {
     port,
     pid: child.pid,
     async stop() {
       child.kill("SIGTERM");
       await child.status;
-      await draining;
+      await Deno.remove(log);
     },
   };
 }
@@ -383,57 +382,69 @@ interface Row {
   sinkCeiling?: number;
 }
 const rows: Row[] = [];
+// The disk is shared and noisy: each cell runs its ceiling and Letterbox
+// alternately, REPEATS times, and keeps the best of each.
+const REPEATS = QUICK ? 1 : 2;
+const best = (results: LoadResult[]) =>
+  results.reduce((a, b) => b.messages / b.seconds > a.messages / a.seconds ? b : a);
 for (const size of SIZES) {
   for (const connections of CONCURRENCY) {
     if (ONLY && ONLY !== `${connections}x${size}`) continue;
-    // 4 MiB at 64 connections is 256 MiB in flight: a shorter run says as much.
-    const seconds = size > 1 << 20 ? Math.max(2, SECONDS) : SECONDS;
-    await emptyDir(diskDir);
-    const disk = await diskLoad(diskDir, connections, size, seconds);
-    await emptyDir(diskDir);
-    let sinkRate: number | undefined;
-    if (sink) {
-      const result = await smtpLoad(sink.port, connections, size, false, seconds);
-      sinkRate = result.messages / result.seconds;
+    const seconds = SECONDS;
+    const disk: LoadResult[] = [];
+    const sinkRuns: LoadResult[] = [];
+    const runs: Record<"plain" | "tls", LoadResult[]> = { plain: [], tls: [] };
+    const peaks: Record<"plain" | "tls", number> = { plain: 0, tls: 0 };
+    for (let repeat = 0; repeat < REPEATS; repeat++) {
+      await emptyDir(diskDir);
+      disk.push(await diskLoad(diskDir, connections, size, seconds));
+      await emptyDir(diskDir);
+      for (const mode of ["plain", "tls"] as const) {
+        await emptyDir(maildir);
+        resetPeak(letterbox.pid);
+        runs[mode].push(await smtpLoad(letterbox.port, connections, size, mode === "tls", seconds));
+        peaks[mode] = Math.max(peaks[mode], memory(letterbox.pid, "VmHWM"));
+      }
+      if (sink) sinkRuns.push(await smtpLoad(sink.port, connections, size, false, seconds));
     }
-    for (const tls of [false, true]) {
-      await emptyDir(maildir);
-      resetPeak(letterbox.pid);
-      const result = await smtpLoad(letterbox.port, connections, size, tls, seconds);
+    const diskRate = best(disk).messages / best(disk).seconds;
+    const sinkRate = sink ? best(sinkRuns).messages / best(sinkRuns).seconds : undefined;
+    for (const mode of ["plain", "tls"] as const) {
+      const result = best(runs[mode]);
       const sorted = result.latencies.sort((a, b) => a - b);
       const rate = result.messages / result.seconds;
       const row: Row = {
         connections,
         size,
-        tls,
+        tls: mode === "tls",
         messagesPerSecond: rate,
         megabytesPerSecond: rate * size / 1e6,
         p50: percentile(sorted, 0.5),
         p99: percentile(sorted, 0.99),
-        peakRss: memory(letterbox.pid, "VmHWM"),
-        errors: result.errors,
-        diskCeiling: disk.messages / disk.seconds,
-        sinkCeiling: sinkRate,
+        peakRss: peaks[mode],
+        errors: runs[mode].reduce((n, r) => n + r.errors, 0),
+        diskCeiling: diskRate,
+        sinkCeiling: mode === "plain" ? sinkRate : undefined,
       };
       rows.push(row);
       console.log(
         `${String(connections).padStart(3)} conn ${sizeName(size).padStart(7)} ${
-          tls ? "STARTTLS" : "plain   "
+          mode === "tls" ? "STARTTLS" : "plain   "
         } ` +
           `${rate.toFixed(0).padStart(6)} msg/s ${
             row.megabytesPerSecond.toFixed(1).padStart(7)
           } MB/s ` +
           `p50 ${row.p50.toFixed(1).padStart(6)} ms p99 ${row.p99.toFixed(1).padStart(7)} ms ` +
           `peak RSS ${(row.peakRss / 2 ** 20).toFixed(0).padStart(4)} MiB | disk ${
-            row.diskCeiling.toFixed(0).padStart(6)
+            diskRate.toFixed(0).padStart(6)
           } msg/s ` +
-          `(${(rate / row.diskCeiling).toFixed(2)}x)` +
-          (sinkRate
-            ? ` | smtp-sink ${sinkRate.toFixed(0).padStart(6)} msg/s (${
-              (rate / sinkRate).toFixed(2)
+          `(${(rate / diskRate).toFixed(2)}x)` +
+          (row.sinkCeiling
+            ? ` | smtp-sink ${row.sinkCeiling.toFixed(0).padStart(6)} msg/s (${
+              (rate / row.sinkCeiling).toFixed(2)
             }x)`
             : "") +
-          (result.errors ? ` | ${result.errors} connection errors` : ""),
+          (row.errors ? ` | ${row.errors} connection errors` : ""),
       );
     }
   }
@@ -453,30 +464,62 @@ console.log(
     (connectionRates.sinkPlain ? `; smtp-sink plain ${connectionRates.sinkPlain.toFixed(0)}` : ""),
 );
 
-// Memory per idle session: open many, EHLO each, and compare RSS.
+await letterbox.stop();
+
+// Memory per idle session, on a fresh server: open many, EHLO each, compare RSS.
+const fresh = await startLetterbox(maildir);
 await new Promise((resolve) => setTimeout(resolve, 500));
-const idleBefore = memory(letterbox.pid, "VmRSS");
+const idleBefore = memory(fresh.pid, "VmRSS");
 const idle: Deno.Conn[] = [];
 for (let i = 0; i < IDLE_SESSIONS; i += 100) {
   const batch = await Promise.all(
-    Array.from(
-      { length: Math.min(100, IDLE_SESSIONS - i) },
-      () => openSession(letterbox.port, false),
-    ),
+    Array.from({ length: Math.min(100, IDLE_SESSIONS - i) }, () => openSession(fresh.port, false)),
   );
   idle.push(...batch.map((session) => session.conn));
 }
 await new Promise((resolve) => setTimeout(resolve, 1000));
-const idleAfter = memory(letterbox.pid, "VmRSS");
+const idleAfter = memory(fresh.pid, "VmRSS");
 const perSession = (idleAfter - idleBefore) / IDLE_SESSIONS;
 for (const conn of idle) conn.close();
 console.log(
   `idle sessions: ${IDLE_SESSIONS} after EHLO raise RSS by ${
     ((idleAfter - idleBefore) / 2 ** 20).toFixed(1)
-  } MiB, ${(perSession / 1024).toFixed(1)} KiB each`,
+  } MiB, ` +
+    `${(perSession / 1024).toFixed(1)} KiB each`,
 );
+await fresh.stop();
 
-await letterbox.stop();
+// One large message on a fresh server: peak RSS over idle.
+const LARGE = 48 * 1024 * 1024;
+const big = await startLetterbox(maildir);
+await new Promise((resolve) => setTimeout(resolve, 500));
+const bigIdle = memory(big.pid, "VmRSS");
+resetPeak(big.pid);
+await smtpLoadOnce(big.port, LARGE);
+const bigPeak = memory(big.pid, "VmHWM");
+console.log(
+  `large message: ${LARGE >> 20} MiB raises peak RSS from ${(bigIdle / 2 ** 20).toFixed(0)} to ${
+    (bigPeak / 2 ** 20).toFixed(0)
+  } MiB`,
+);
+await big.stop();
+await emptyDir(maildir);
+
+/** Sends one message of `size` octets. */
+async function smtpLoadOnce(port: number, size: number): Promise<void> {
+  const { conn, replies } = await openSession(port, false);
+  await writeAll(
+    conn,
+    encoder.encode("MAIL FROM:<bench@load.test>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n"),
+  );
+  await expect(replies, 250);
+  await expect(replies, 250);
+  await expect(replies, 354);
+  await writeAll(conn, wireMessage(size));
+  await expect(replies, 250);
+  conn.close();
+}
+
 await sink?.stop();
 await Deno.remove(work, { recursive: true });
 
@@ -489,6 +532,7 @@ const results = {
   rows,
   connectionRates,
   idleSessions: { sessions: IDLE_SESSIONS, bytesPerSession: perSession },
+  largeMessage: { bytes: LARGE, idleRss: bigIdle, peakRss: bigPeak },
 };
 const out = (flags.out as string | undefined) ??
   `${ROOT}/bench/results/${results.date.slice(0, 10)}.json`;

@@ -1,0 +1,73 @@
+import { headerBlock, inspectMessage, MessagePrefix } from "../src/inspect.ts";
+import { syncDirectoryShared } from "../src/delivery/maildir.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+const encode = (text: string) => new TextEncoder().encode(text);
+
+Deno.test("inspectMessage() reads the summary of a plain message from its header", async () => {
+  const raw = encode(
+    `Message-ID: <a@b>\nSubject: =?UTF-8?Q?caf=C3=A9?=\nFrom: Bob <bob@b.test>\n\n${
+      "text\n".repeat(20_000)
+    }`,
+  );
+  assertEquals(await inspectMessage(raw, false), {
+    messageId: "<a@b>",
+    subject: "café",
+    from: "bob@b.test",
+    attachments: 0,
+    truncated: false,
+  });
+});
+
+Deno.test("inspectMessage() parses multipart messages whole and counts their attachments", async () => {
+  const raw = encode(
+    'Subject: files\nContent-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\nhi\n' +
+      '--b\nContent-Type: application/pdf\nContent-Disposition: attachment; filename="a.pdf"\n' +
+      "Content-Transfer-Encoding: base64\n\nJVBERi0=\n--b\nContent-Type: image/png; name=x.png\n" +
+      "Content-Transfer-Encoding: base64\n\niVBORw==\n--b--\n",
+  );
+  const summary = await inspectMessage(raw, false);
+  assertEquals(summary.attachments, 2);
+  assertEquals(summary.subject, "files");
+});
+
+Deno.test("inspectMessage() counts a single-part attachment from the header alone", async () => {
+  const raw = encode(
+    'Subject: one\nContent-Type: application/zip\nContent-Disposition: attachment; filename="z.zip"\n\nUEsDBA==\n',
+  );
+  assertEquals((await inspectMessage(raw, false)).attachments, 1);
+});
+
+Deno.test("inspectMessage() never throws, whatever the input", async () => {
+  const summary = await inspectMessage(
+    Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919) % 256),
+    true,
+  );
+  assertEquals(summary.truncated, true);
+});
+
+Deno.test("headerBlock() ends at the first empty line", () => {
+  assertEquals(
+    new TextDecoder().decode(headerBlock(encode("A: 1\nB: 2\n\nbody\n\nmore"))),
+    "A: 1\nB: 2\n\n",
+  );
+});
+
+Deno.test("MessagePrefix keeps at most its limit and says it truncated", () => {
+  const prefix = new MessagePrefix(10);
+  prefix.add(encode("12345"));
+  prefix.add(encode("67890abc"));
+  assertEquals(new TextDecoder().decode(prefix.bytes()), "1234567890");
+  assert(prefix.truncated);
+});
+
+Deno.test("syncDirectoryShared() answers callers that arrive during a sync with one later sync", async () => {
+  const dir = await Deno.makeTempDir();
+  const first = syncDirectoryShared(dir);
+  const second = syncDirectoryShared(dir);
+  const third = syncDirectoryShared(dir);
+  assert(first !== second, "a caller during a running sync must wait for a later one");
+  assertEquals(second, third);
+  await Promise.all([first, second, third]);
+  await Deno.remove(dir);
+});
