@@ -78,14 +78,23 @@ export class DataDecoder {
     for (let i = 0; i < length; i++) {
       const byte = chunk[i];
       switch (state) {
-        case DataState.Middle:
-          if (byte === CR) {
-            out.set(chunk.subarray(start, i), written);
-            written += i - start;
-            start = i + 1;
-            state = DataState.HeldCr;
+        case DataState.Middle: {
+          if (byte !== CR) {
+            // Jump to the next CR with a native search instead of a byte at a
+            // time: the content between line ends is copied as it is.
+            const cr = chunk.indexOf(CR, i + 1);
+            if (cr === -1) {
+              i = length;
+              break;
+            }
+            i = cr;
           }
+          out.set(chunk.subarray(start, i), written);
+          written += i - start;
+          start = i + 1;
+          state = DataState.HeldCr;
           break;
+        }
         case DataState.LineStart:
           if (byte === DOT || byte === CR) {
             out.set(chunk.subarray(start, i), written);

@@ -191,6 +191,7 @@ export class TestClient {
         caCerts: [await Deno.readTextFile(CERTS.ca)],
       })
       : await Deno.connect({ hostname: "127.0.0.1", port });
+    if ("setNoDelay" in conn) conn.setNoDelay(true);
     return new TestClient(conn);
   }
 

@@ -61,13 +61,13 @@ Deno.test("MessagePrefix keeps at most its limit and says it truncated", () => {
   assert(prefix.truncated);
 });
 
-Deno.test("syncDirectoryShared() answers callers that arrive during a sync with one later sync", async () => {
+Deno.test("syncDirectoryShared() starts syncs at once up to its limit, then shares one", async () => {
   const dir = await Deno.makeTempDir();
-  const first = syncDirectoryShared(dir);
-  const second = syncDirectoryShared(dir);
-  const third = syncDirectoryShared(dir);
-  assert(first !== second, "a caller during a running sync must wait for a later one");
-  assertEquals(second, third);
-  await Promise.all([first, second, third]);
+  const calls = Array.from({ length: 8 }, () => syncDirectoryShared(dir));
+  // The first four start their own syncs; the rest wait for one shared sync.
+  assertEquals(new Set(calls.slice(0, 4)).size, 4);
+  assertEquals(new Set(calls.slice(4)).size, 1);
+  assert(!calls.slice(0, 4).includes(calls[4]));
+  await Promise.all(calls);
   await Deno.remove(dir);
 });

@@ -120,31 +120,54 @@ export class MaildirFile {
   }
 }
 
-const syncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
+// At most this many fsyncs of one directory run at once. Below it a caller
+// starts its own at once (the lowest latency); above it callers share the next
+// one (group commit), so that a busy directory costs a few journal commits
+// instead of one per message.
+const MAX_CONCURRENT_DIRECTORY_SYNCS = 4;
+
+interface DirectorySyncs {
+  running: number;
+  next?: Promise<void>;
+}
+const syncs = new Map<string, DirectorySyncs>();
 
 /**
- * Makes a directory's entries durable, sharing one fsync among every caller
- * that arrives while another is under way (group commit). A caller is only
- * answered by a sync that started after it called, so its own rename is
- * always covered; at most one sync runs per directory, and at most one more
- * waits, whatever the number of deliveries.
+ * Makes a directory's entries durable, sharing fsyncs among callers when
+ * several are under way (group commit). A caller is only answered by a sync
+ * that started after it called, so its own rename is always covered.
  */
 export function syncDirectoryShared(dir: string): Promise<void> {
   let state = syncs.get(dir);
-  if (!state) syncs.set(dir, state = {});
+  if (!state) syncs.set(dir, state = { running: 0 });
   const current = state;
-  if (!current.running) {
-    current.running = syncDirectory(dir).finally(() => {
-      current.running = undefined;
-      if (!current.next) syncs.delete(dir);
-    });
-    return current.running;
-  }
-  current.next ??= current.running.catch(() => {}).then(() => {
-    current.next = undefined;
-    return syncDirectoryShared(dir);
+  if (current.running < MAX_CONCURRENT_DIRECTORY_SYNCS) return start(dir, current);
+  // Every caller that arrives while all slots are busy waits for one shared
+  // sync, started as soon as a slot frees.
+  current.next ??= new Promise<void>((resolve, reject) => {
+    waiting.set(current, { resolve, reject });
   });
   return current.next;
+}
+
+const waiting = new WeakMap<
+  DirectorySyncs,
+  { resolve: () => void; reject: (error: unknown) => void }
+>();
+
+function start(dir: string, state: DirectorySyncs): Promise<void> {
+  state.running++;
+  return syncDirectory(dir).finally(() => {
+    state.running--;
+    const waiter = waiting.get(state);
+    if (waiter) {
+      waiting.delete(state);
+      state.next = undefined;
+      start(dir, state).then(waiter.resolve, waiter.reject);
+    } else if (state.running === 0) {
+      syncs.delete(dir);
+    }
+  });
 }
 
 /** Makes a directory's entries durable: after a rename, the new name survives a power cut. */
