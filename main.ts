@@ -93,7 +93,11 @@ async function main(): Promise<void> {
     dataTimeout: config.dataTimeout,
     greetDelay: config.greetDelay,
     log: logger("smtp"),
-  }, { maxConnections: config.maxConnections, maxConnectionsPerIp: config.maxConnectionsPerIp });
+  }, {
+    maxConnections: config.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
+    proxyFrom: config.proxyFrom,
+  });
   try {
     server.start([
       ...config.listen.map((address) => ({ address, implicitTls: false })),

@@ -8,6 +8,7 @@
  */
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
+import { type Cidr, LOOPBACK, parseCidr } from "./cidr.ts";
 import { isDomainName } from "./commands.ts";
 import { templateProblem } from "./delivery/router.ts";
 import { LIMITS } from "./limits.ts";
@@ -19,6 +20,8 @@ export interface ListenAddress {
   readonly hostname: string;
   /** The port; 0 asks the system for a free one. */
   readonly port: number;
+  /** True when connections here begin with a PROXY protocol header. */
+  readonly proxy?: boolean;
 }
 
 /** Everything Letterbox can be told at start. */
@@ -45,6 +48,8 @@ export interface Config {
   readonly dataTimeout: number;
   /** Milliseconds. */
   readonly shutdownGrace: number;
+  /** Address ranges allowed to send PROXY headers. */
+  readonly proxyFrom: readonly Cidr[];
   readonly logLevel: typeof LOG_LEVELS[number];
   readonly logFormat: LogFormat;
 }
@@ -100,9 +105,11 @@ const SETTINGS = {
   shutdownGrace: { flag: "shutdown-grace", env: "LETTERBOX_SHUTDOWN_GRACE", list: false },
   logLevel: { flag: "log-level", env: "LETTERBOX_LOG_LEVEL", list: false },
   logFormat: { flag: "log-format", env: "LETTERBOX_LOG_FORMAT", list: false },
+  proxyFrom: { flag: "proxy-from", env: "LETTERBOX_PROXY_FROM", list: true },
 } as const;
 
 const BOOLEAN_SETTINGS = {
+  proxyProtocol: { flag: "proxy-protocol", env: "LETTERBOX_PROXY_PROTOCOL" },
   noTls: { flag: "no-tls", env: "LETTERBOX_NO_TLS" },
   requireTls: { flag: "require-tls", env: "LETTERBOX_REQUIRE_TLS" },
 } as const;
@@ -139,6 +146,8 @@ Usage: letterbox [options]
   --command-timeout SECONDS  wait for a command (default ${LIMITS.commandTimeout / 1000})
   --data-timeout SECONDS     whole DATA phase (default ${LIMITS.dataTimeout / 1000})
   --shutdown-grace SECONDS   time to finish messages on SIGTERM (default ${DEFAULTS.shutdownGraceSeconds})
+  --proxy-protocol           every listener expects a PROXY header (v1 or v2); or per listener: --listen 0.0.0.0:25,proxy
+  --proxy-from CIDR          who may send PROXY headers (repeatable; default 127.0.0.0/8 and ::1)
   --log-level LEVEL          ${LOG_LEVELS.join(", ")} (default ${DEFAULTS.logLevel})
   --log-format FORMAT        text or json (default ${DEFAULTS.logFormat})
   --help, --version
@@ -165,7 +174,7 @@ export function parseConfig(
   const unknown: string[] = [];
   const parsed = parseArgs(args, {
     string: Object.values(SETTINGS).map((s) => s.flag),
-    boolean: ["help", "version", "tls", "require-tls"],
+    boolean: ["help", "version", "tls", "require-tls", "proxy-protocol"],
     collect: Object.values(SETTINGS).filter((s) => s.list).map((s) => s.flag),
     negatable: ["tls"],
     // Only an explicit --no-tls turns TLS off.
@@ -224,6 +233,7 @@ export function parseConfig(
     const setting = BOOLEAN_SETTINGS[key];
     if (key === "noTls" && parsed.tls === false) return true;
     if (key === "requireTls" && parsed["require-tls"] === true) return true;
+    if (key === "proxyProtocol" && parsed["proxy-protocol"] === true) return true;
     const raw = env(setting.env);
     if (raw === undefined || raw === "" || raw === "0" || raw.toLowerCase() === "false") {
       return false;
@@ -232,10 +242,24 @@ export function parseConfig(
     throw new ConfigError(`Cannot use ${setting.env}=${JSON.stringify(raw)}: use 1 or 0`);
   };
 
-  const listen = (values.listen?.value ?? [DEFAULTS.listen]).map((v) =>
-    parseListen(v, from("listen"))
+  const allProxied = flag("proxyProtocol");
+  const listen = parseListenList(
+    values.listen?.value ?? [DEFAULTS.listen],
+    from("listen"),
+    allProxied,
   );
-  const listenTls = (values.listenTls?.value ?? []).map((v) => parseListen(v, from("listenTls")));
+  const listenTls = parseListenList(values.listenTls?.value ?? [], from("listenTls"), allProxied);
+  const proxyFrom = (values.proxyFrom?.value ?? LOOPBACK).map((text) => {
+    const range = parseCidr(text);
+    if (!range) {
+      throw new ConfigError(
+        `Cannot use ${from("proxyFrom")} ${
+          JSON.stringify(text)
+        }: write an address range such as 10.0.0.0/8 or 2001:db8::/32`,
+      );
+    }
+    return range;
+  });
 
   const hostname = single("hostname") ?? systemHostname();
   if (!isDomainName(hostname)) {
@@ -347,6 +371,7 @@ export function parseConfig(
       commandTimeout: seconds("commandTimeout", LIMITS.commandTimeout, 0.1),
       dataTimeout: seconds("dataTimeout", LIMITS.dataTimeout, 0.1),
       shutdownGrace: seconds("shutdownGrace", DEFAULTS.shutdownGraceSeconds * 1000, 0),
+      proxyFrom,
       logLevel: logLevel as Config["logLevel"],
       logFormat: logFormat as LogFormat,
     },
@@ -360,6 +385,32 @@ export function parseSize(text: string): number {
   const unit =
     { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2].toUpperCase() as "" | "K" | "M" | "G"];
   return Number(match[1]) * unit;
+}
+
+/**
+ * Parses a list of listen addresses, where an item `proxy` marks the address
+ * before it as one that begins with a PROXY header (`0.0.0.0:25,proxy`).
+ */
+export function parseListenList(
+  items: readonly string[],
+  from: string,
+  allProxied: boolean,
+): ListenAddress[] {
+  const addresses: ListenAddress[] = [];
+  for (const item of items) {
+    if (item === "proxy") {
+      const last = addresses.pop();
+      if (!last) {
+        throw new ConfigError(
+          `Cannot use ${from} "proxy" alone: write it after an address, e.g. 0.0.0.0:25,proxy`,
+        );
+      }
+      addresses.push({ ...last, proxy: true });
+      continue;
+    }
+    addresses.push({ ...parseListen(item, from), proxy: allProxied });
+  }
+  return addresses;
 }
 
 /** Parses `HOST:PORT` or `[IPV6]:PORT`; throws {@link ConfigError} naming `from`. */

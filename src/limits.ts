@@ -42,6 +42,8 @@ export const LIMITS = {
   greetDelay: 0,
   /** Files in a Maildir's tmp/ older than this are crash debris (the Maildir specification says 36 hours). */
   staleTmpAge: 36 * 3600 * 1000,
+  /** How long a proxy has to send its PROXY header. */
+  proxyHeaderTimeout: 10_000,
   /** Bad commands in one session before we hang up (Postfix's smtpd_hard_error_limit is 20). */
   maxErrors: 10,
   /**

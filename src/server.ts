@@ -9,18 +9,23 @@ import type { Logger } from "@logtape/logtape";
 import { ConfigError, type ListenAddress } from "./config.ts";
 import { Connection, type ConnectionOptions } from "./connection.ts";
 import { formatReply, REPLIES } from "./replies.ts";
-import { ConnTransport, normaliseAddress } from "./transport.ts";
+import { type Cidr, inRanges } from "./cidr.ts";
+import { LIMITS } from "./limits.ts";
+import { parseProxyHeader, type ProxyHeader } from "./proxy_protocol.ts";
+import { ConnTransport } from "./transport.ts";
 
 const encoder = new TextEncoder();
 
-/** A listener to open: where, and whether TLS starts at once. */
+/** A listener to open: where, whether TLS starts at once, whether a PROXY header comes first. */
 export interface ListenerSpec {
   readonly address: ListenAddress;
   readonly implicitTls: boolean;
 }
 
-/** How many connections the server holds at once. */
+/** How many connections the server holds at once, and whom it trusts as a proxy. */
 export interface ConnectionLimits {
+  /** Address ranges allowed to send PROXY headers on PROXY listeners. */
+  readonly proxyFrom: readonly Cidr[];
   /** Across all listeners. */
   readonly maxConnections: number;
   /** From one IP address. */
@@ -36,6 +41,8 @@ export class Server {
   readonly #accepting: Promise<void>[] = [];
   readonly #connections = new Set<Connection>();
   readonly #perIp = new Map<string, number>();
+  // Proxied connections still sending their header count against the total.
+  #handshaking = 0;
   readonly #served = new Set<Promise<void>>();
 
   /** Creates a server; nothing listens until {@link start}. */
@@ -71,9 +78,10 @@ export class Server {
     specs.forEach((spec, i) => {
       this.#log.info("Listening on {address} ({kind})", {
         address: formatListen(bound[i]),
-        kind: spec.implicitTls ? "implicit TLS" : "SMTP",
+        kind: (spec.implicitTls ? "implicit TLS" : "SMTP") +
+          (spec.address.proxy ? ", PROXY protocol" : ""),
       });
-      this.#accepting.push(this.#acceptLoop(this.#listeners[i], spec.implicitTls));
+      this.#accepting.push(this.#acceptLoop(this.#listeners[i], spec));
     });
     return bound;
   }
@@ -104,7 +112,7 @@ export class Server {
     }
   }
 
-  async #acceptLoop(listener: Deno.TcpListener, implicitTls: boolean): Promise<void> {
+  async #acceptLoop(listener: Deno.TcpListener, spec: ListenerSpec): Promise<void> {
     for (;;) {
       let conn: Deno.TcpConn;
       try {
@@ -120,14 +128,61 @@ export class Server {
         await new Promise((resolve) => setTimeout(resolve, 100));
         continue;
       }
-      this.#accept(conn, implicitTls);
+      if (spec.address.proxy) void this.#acceptProxied(conn, spec.implicitTls);
+      else this.#accept(new ConnTransport(conn), spec.implicitTls);
     }
   }
 
-  #accept(conn: Deno.TcpConn, implicitTls: boolean): void {
+  // A PROXY listener: the peer must be a trusted proxy and must send a valid
+  // header first; anything else is closed without a greeting (the client
+  // behind a misconfigured proxy must not be told it reached us).
+  async #acceptProxied(conn: Deno.TcpConn, implicitTls: boolean): Promise<void> {
+    const transport = new ConnTransport(conn);
+    const peer = transport.remoteAddress;
+    if (!inRanges(peer, this.#limits.proxyFrom)) {
+      this.#log.warn("Refused {peer}: not an allowed proxy (--proxy-from)", { peer });
+      return transport.close();
+    }
+    if (this.#connections.size + this.#handshaking >= this.#limits.maxConnections) {
+      this.#log.info("Refused proxy connection from {peer}: too many connections", { peer });
+      return transport.close();
+    }
+    this.#handshaking++;
+    let header: ProxyHeader = { kind: "incomplete" };
+    try {
+      transport.deadline = Date.now() + LIMITS.proxyHeaderTimeout;
+      let received = new Uint8Array(0);
+      while (header.kind === "incomplete") {
+        const chunk = await transport.read();
+        if (chunk === null) break;
+        const joined = new Uint8Array(received.length + chunk.length);
+        joined.set(received);
+        joined.set(chunk, received.length);
+        received = joined;
+        header = parseProxyHeader(received);
+      }
+      if (header.kind === "ok") {
+        transport.unread(received.subarray(header.length));
+        if (header.source) transport.setRemote(header.source.address, header.source.port);
+      }
+    } catch {
+      /* timed out or reset: handled below */
+    } finally {
+      this.#handshaking--;
+      transport.deadline = Infinity;
+    }
+    if (header.kind !== "ok") {
+      const reason = header.kind === "invalid" ? header.reason : "no complete PROXY header";
+      this.#log.warn("Closed proxy connection from {peer}: {reason}", { peer, reason });
+      return transport.close();
+    }
+    this.#accept(transport, implicitTls);
+  }
+
+  #accept(transport: ConnTransport, implicitTls: boolean): void {
     // Limits come first, before any TLS or protocol work: the excess costs
     // one write and a close.
-    const ip = normaliseAddress((conn.remoteAddr as Deno.NetAddr).hostname);
+    const ip = transport.remoteAddress;
     const fromIp = this.#perIp.get(ip) ?? 0;
     const { maxConnections, maxConnectionsPerIp } = this.#limits;
     const refusal = this.#connections.size >= maxConnections
@@ -140,7 +195,6 @@ export class Server {
         peer: ip,
         reply: formatReply(refusal).trimEnd(),
       });
-      const transport = new ConnTransport(conn);
       // On an implicit-TLS port the client expects a handshake, not text: just close.
       if (implicitTls) return transport.close();
       transport.write(encoder.encode(formatReply(refusal))).catch(() => {}).finally(() =>
@@ -149,7 +203,6 @@ export class Server {
       return;
     }
     this.#perIp.set(ip, fromIp + 1);
-    const transport = new ConnTransport(conn);
     const connection = new Connection(transport, { ...this.#options, implicitTls });
     this.#connections.add(connection);
     const served = connection.serve().finally(() => {

@@ -74,8 +74,10 @@ export class ConnTransport implements Transport {
   #secure: TlsReader | undefined;
   #tls: TlsInfo | undefined;
   #closed = false;
-  readonly remoteAddress: string;
-  readonly remotePort: number;
+  // Bytes read past a PROXY header, handed out before anything else.
+  #unread: Uint8Array | undefined;
+  remoteAddress: string;
+  remotePort: number;
   deadline = Infinity;
   idleTimeout = Infinity;
 
@@ -94,7 +96,23 @@ export class ConnTransport implements Transport {
     return this.#tls;
   }
 
+  /** Gives bytes back: the next read returns them first. */
+  unread(bytes: Uint8Array): void {
+    if (bytes.length > 0) this.#unread = bytes.slice();
+  }
+
+  /** Names the real client, as a trusted proxy told us (PROXY protocol). */
+  setRemote(address: string, port: number): void {
+    this.remoteAddress = normaliseAddress(address);
+    this.remotePort = port;
+  }
+
   async read(): Promise<Uint8Array | null> {
+    if (this.#unread && !this.#secure) {
+      const bytes = this.#unread;
+      this.#unread = undefined;
+      return bytes;
+    }
     const wait = Math.min(this.deadline - Date.now(), this.idleTimeout);
     if (wait <= 0) throw new ReadTimeoutError();
     if (this.#secure) return await this.#secure.read(wait);
@@ -120,7 +138,11 @@ export class ConnTransport implements Transport {
     // Whatever the client sent after STARTTLS and is still in the system's
     // buffer becomes handshake input and fails it; it is never executed
     // (CVE-2011-0411). What was already read is dropped by the line reader.
-    const bridge = Duplex.from({ readable: this.#conn.readable, writable: this.#conn.writable });
+    // Bytes given back after a PROXY header may already hold the ClientHello.
+    const leftover = this.#unread;
+    this.#unread = undefined;
+    const readable = leftover ? prepend(leftover, this.#conn.readable) : this.#conn.readable;
+    const bridge = Duplex.from({ readable, writable: this.#conn.writable });
     const socket = new tls.TLSSocket(bridge as unknown as net.Socket, {
       isServer: true,
       secureContext: context,
@@ -275,6 +297,25 @@ class TlsReader {
     this.#waiter = undefined;
     this.#failer = undefined;
   }
+}
+
+function prepend(first: Uint8Array, rest: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = rest.getReader();
+  let sentFirst = false;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!sentFirst) {
+        sentFirst = true;
+        return controller.enqueue(first);
+      }
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

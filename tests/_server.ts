@@ -195,6 +195,24 @@ export class TestClient {
     return new TestClient(conn);
   }
 
+  /**
+   * Connects, sends `header` (a PROXY header) first, then upgrades to TLS at
+   * once when `tls` is set (an implicit-TLS listener behind a proxy).
+   */
+  static async connectProxied(port: number, header: Uint8Array, tls = false): Promise<TestClient> {
+    const tcp = await Deno.connect({ hostname: "127.0.0.1", port });
+    tcp.setNoDelay(true);
+    let offset = 0;
+    while (offset < header.length) offset += await tcp.write(header.subarray(offset));
+    if (!tls) return new TestClient(tcp);
+    return new TestClient(
+      await Deno.startTls(tcp, {
+        hostname: "localhost",
+        caCerts: [await Deno.readTextFile(CERTS.ca)],
+      }),
+    );
+  }
+
   /** Sends raw text or bytes. */
   async send(data: string | Uint8Array): Promise<void> {
     const bytes = typeof data === "string" ? encoder.encode(data) : data;
@@ -270,6 +288,11 @@ export class TestClient {
   /** Bytes received and not yet parsed as a reply. */
   get unread(): string {
     return this.#buffer;
+  }
+
+  /** Half-closes: the server sees end of input. */
+  async closeWrite(): Promise<void> {
+    await this.#conn.closeWrite();
   }
 
   /** Closes the connection (idempotent). */

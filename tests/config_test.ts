@@ -19,7 +19,7 @@ function error(args: string[], env: Record<string, string> = {}): string {
 
 Deno.test("parseConfig() has safe local defaults", () => {
   const c = config([]);
-  assertEquals(c.listen, [{ hostname: "127.0.0.1", port: 2525 }]);
+  assertEquals(c.listen, [{ hostname: "127.0.0.1", port: 2525, proxy: false }]);
   assertEquals(c.maildir, "./Maildir");
   assertEquals(c.hostname, "host.test");
   assertEquals(c.tls, true);
@@ -34,11 +34,15 @@ Deno.test("parseConfig(): flags beat the environment, which beats the defaults",
     LETTERBOX_NO_TLS: "1",
   };
   const fromEnv = config([], env);
-  assertEquals(fromEnv.listen, [{ hostname: "0.0.0.0", port: 25 }, { hostname: "::", port: 25 }]);
+  assertEquals(fromEnv.listen, [{ hostname: "0.0.0.0", port: 25, proxy: false }, {
+    hostname: "::",
+    port: 25,
+    proxy: false,
+  }]);
   assertEquals(fromEnv.maxMessageSize, 10 * 1024 * 1024);
   assertEquals(fromEnv.tls, false);
   const fromFlags = config(["--listen", "[::1]:2525", "--max-message-size", "512K"], env);
-  assertEquals(fromFlags.listen, [{ hostname: "::1", port: 2525 }]);
+  assertEquals(fromFlags.listen, [{ hostname: "::1", port: 2525, proxy: false }]);
   assertEquals(fromFlags.maxMessageSize, 512 * 1024);
   assertEquals(config(["--domain", "A.example", "--domain", "b.example"]).domains, [
     "a.example",
@@ -85,4 +89,20 @@ Deno.test("parseConfig() answers --help and --version without validating the res
   assertEquals(parseConfig(["--help"], () => undefined, () => "h").kind, "help");
   assertEquals(parseConfig(["--version"], () => undefined, () => "h").kind, "version");
   assertThrows(() => parseConfig(["extra"], () => undefined, () => "h"));
+});
+
+Deno.test("parseConfig() marks PROXY listeners per address or all at once", () => {
+  assertEquals(config(["--listen", "0.0.0.0:25,proxy,[::]:25"]).listen, [
+    { hostname: "0.0.0.0", port: 25, proxy: true },
+    { hostname: "::", port: 25, proxy: false },
+  ]);
+  assertEquals(config(["--proxy-protocol", "--listen-tls", "0.0.0.0:465"]).listenTls, [
+    { hostname: "0.0.0.0", port: 465, proxy: true },
+  ]);
+  assertEquals(config(["--proxy-from", "10.0.0.0/8"]).proxyFrom.map((r) => r.text), ["10.0.0.0/8"]);
+  assertEquals(config([]).proxyFrom.map((r) => r.text), ["127.0.0.0/8", "::1/128"]);
+  assertEquals(
+    error(["--proxy-from", "10.0.0.0/33"]),
+    'Cannot use --proxy-from "10.0.0.0/33": write an address range such as 10.0.0.0/8 or 2001:db8::/32',
+  );
 });
