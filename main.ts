@@ -10,6 +10,7 @@ import { readKeyPair, secureContext, selfSignedKeyPair } from "./src/certificate
 import { knownMaildirs, removeStaleTmpFiles } from "./src/delivery/cleanup.ts";
 import { LocalDelivery } from "./src/delivery/local.ts";
 import { LIMITS } from "./src/limits.ts";
+import { parseRecipients, type RecipientTable } from "./src/delivery/recipients.ts";
 import { Router } from "./src/delivery/router.ts";
 import { configureLogging, logger } from "./src/log.ts";
 import { Server } from "./src/server.ts";
@@ -58,7 +59,7 @@ async function main(): Promise<void> {
   } catch (error) {
     fail(error);
   }
-  if (config.domains.length === 0) {
+  if (config.domains.length === 0 && !config.recipients) {
     warnings.push(() => log.warn("No --domain given: accepting mail for any domain"));
   }
 
@@ -73,10 +74,28 @@ async function main(): Promise<void> {
     );
   }
 
+  // The recipients file: read now (a mistake stops the start), again on SIGHUP
+  // (a mistake then keeps the table in force).
+  let recipients: RecipientTable | undefined;
+  if (config.recipients) {
+    try {
+      recipients = parseRecipients(await Deno.readTextFile(config.recipients));
+    } catch (error) {
+      fail(
+        new ConfigError(
+          `Cannot use --recipients ${JSON.stringify(config.recipients)}: ${
+            error instanceof Error ? error.message : error
+          }`,
+        ),
+      );
+    }
+  }
   const router = new Router({
     maildir: config.maildir,
     domains: config.domains,
     defaultDomain: config.domains[0] ?? config.hostname,
+    recipients: () => recipients,
+    subaddressFolders: config.subaddressFolders,
   });
   const server = new Server({
     session: {
@@ -121,6 +140,22 @@ async function main(): Promise<void> {
     log.info("Stopped");
     Deno.exit(0);
   };
+  Deno.addSignalListener("SIGHUP", async () => {
+    if (!config.recipients) return log.info("Received SIGHUP: nothing to reload");
+    try {
+      const table = parseRecipients(await Deno.readTextFile(config.recipients));
+      recipients = table;
+      log.info("Reloaded {file}: {count} addresses", {
+        file: config.recipients,
+        count: table.mailboxes.size + table.aliases.size + table.catchAll.size,
+      });
+    } catch (error) {
+      log.error("Kept the recipients in force: cannot use {file}: {error}", {
+        file: config.recipients,
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
+  });
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
 }

@@ -48,6 +48,10 @@ export interface Config {
   readonly dataTimeout: number;
   /** Milliseconds. */
   readonly shutdownGrace: number;
+  /** The recipients file, when there is one. */
+  readonly recipients?: string;
+  /** Deliver user+tag@ into the Maildir++ folder .tag. */
+  readonly subaddressFolders: boolean;
   /** Address ranges allowed to send PROXY headers. */
   readonly proxyFrom: readonly Cidr[];
   readonly logLevel: typeof LOG_LEVELS[number];
@@ -106,10 +110,12 @@ const SETTINGS = {
   logLevel: { flag: "log-level", env: "LETTERBOX_LOG_LEVEL", list: false },
   logFormat: { flag: "log-format", env: "LETTERBOX_LOG_FORMAT", list: false },
   proxyFrom: { flag: "proxy-from", env: "LETTERBOX_PROXY_FROM", list: true },
+  recipients: { flag: "recipients", env: "LETTERBOX_RECIPIENTS", list: false },
 } as const;
 
 const BOOLEAN_SETTINGS = {
   proxyProtocol: { flag: "proxy-protocol", env: "LETTERBOX_PROXY_PROTOCOL" },
+  subaddressFolders: { flag: "subaddress-folders", env: "LETTERBOX_SUBADDRESS_FOLDERS" },
   noTls: { flag: "no-tls", env: "LETTERBOX_NO_TLS" },
   requireTls: { flag: "require-tls", env: "LETTERBOX_REQUIRE_TLS" },
 } as const;
@@ -146,6 +152,8 @@ Usage: letterbox [options]
   --command-timeout SECONDS  wait for a command (default ${LIMITS.commandTimeout / 1000})
   --data-timeout SECONDS     whole DATA phase (default ${LIMITS.dataTimeout / 1000})
   --shutdown-grace SECONDS   time to finish messages on SIGTERM (default ${DEFAULTS.shutdownGraceSeconds})
+  --recipients FILE          who we accept mail for, with aliases; re-read on SIGHUP
+  --subaddress-folders       deliver user+tag@ into the Maildir++ folder .tag
   --proxy-protocol           every listener expects a PROXY header (v1 or v2); or per listener: --listen 0.0.0.0:25,proxy
   --proxy-from CIDR          who may send PROXY headers (repeatable; default 127.0.0.0/8 and ::1)
   --log-level LEVEL          ${LOG_LEVELS.join(", ")} (default ${DEFAULTS.logLevel})
@@ -174,7 +182,7 @@ export function parseConfig(
   const unknown: string[] = [];
   const parsed = parseArgs(args, {
     string: Object.values(SETTINGS).map((s) => s.flag),
-    boolean: ["help", "version", "tls", "require-tls", "proxy-protocol"],
+    boolean: ["help", "version", "tls", "require-tls", "proxy-protocol", "subaddress-folders"],
     collect: Object.values(SETTINGS).filter((s) => s.list).map((s) => s.flag),
     negatable: ["tls"],
     // Only an explicit --no-tls turns TLS off.
@@ -234,6 +242,7 @@ export function parseConfig(
     if (key === "noTls" && parsed.tls === false) return true;
     if (key === "requireTls" && parsed["require-tls"] === true) return true;
     if (key === "proxyProtocol" && parsed["proxy-protocol"] === true) return true;
+    if (key === "subaddressFolders" && parsed["subaddress-folders"] === true) return true;
     const raw = env(setting.env);
     if (raw === undefined || raw === "" || raw === "0" || raw.toLowerCase() === "false") {
       return false;
@@ -372,6 +381,8 @@ export function parseConfig(
       dataTimeout: seconds("dataTimeout", LIMITS.dataTimeout, 0.1),
       shutdownGrace: seconds("shutdownGrace", DEFAULTS.shutdownGraceSeconds * 1000, 0),
       proxyFrom,
+      recipients: single("recipients"),
+      subaddressFolders: flag("subaddressFolders"),
       logLevel: logLevel as Config["logLevel"],
       logFormat: logFormat as LogFormat,
     },

@@ -61,6 +61,7 @@ export const REPLIES = {
   tlsNotAvailable: reply(454, "4.7.0", "TLS not available"),
   tlsRequired: reply(530, "5.7.0", "Must issue a STARTTLS command first"),
   relayDenied: reply(550, "5.7.1", "Relay access denied"),
+  unknownUser: reply(550, "5.1.1", "Recipient address rejected: User unknown"),
   tooManyRecipients: reply(452, "4.5.3", "Error: too many recipients"),
   messageTooBig: reply(552, "5.3.4", "Error: message exceeds fixed maximum message size"),
   localError: reply(451, "4.3.0", "Error: local error in processing, try again later"),

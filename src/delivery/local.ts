@@ -15,7 +15,10 @@ const encoder = new TextEncoder();
 
 interface Copy {
   readonly maildir: string;
+  readonly folder: boolean;
   readonly recipients: Address[];
+  /** The final mailboxes this copy is for (aliases expanded), for Delivered-To. */
+  readonly mailboxes: string[];
   file?: MaildirFile;
 }
 
@@ -34,17 +37,29 @@ export class LocalDelivery implements Delivery {
   async begin(envelope: Envelope): Promise<DeliveryTransaction> {
     const byMaildir = new Map<string, Copy>();
     for (const recipient of envelope.recipients) {
-      const maildir = this.#router.maildirFor(recipient);
-      let copy = byMaildir.get(maildir);
-      if (!copy) byMaildir.set(maildir, copy = { maildir, recipients: [] });
-      copy.recipients.push(recipient);
+      for (const destination of this.#router.destinations(recipient)) {
+        let copy = byMaildir.get(destination.maildir);
+        if (!copy) {
+          byMaildir.set(
+            destination.maildir,
+            copy = {
+              maildir: destination.maildir,
+              folder: destination.folder,
+              recipients: [],
+              mailboxes: [],
+            },
+          );
+        }
+        if (!copy.recipients.includes(recipient)) copy.recipients.push(recipient);
+        if (!copy.mailboxes.includes(destination.mailbox)) copy.mailboxes.push(destination.mailbox);
+      }
     }
     const copies = [...byMaildir.values()];
     const transaction = new LocalTransaction(copies);
     try {
       await Promise.all(copies.map(async (copy) => {
-        copy.file = await MaildirFile.create(copy.maildir, this.#hostname);
-        const mailboxes = copy.recipients.map((r) => this.#router.mailboxAddress(r));
+        copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder);
+        const mailboxes = copy.mailboxes;
         await copy.file.write(
           encoder.encode(traceHeaders(envelope, this.#hostname, mailboxes, copy.recipients)),
         );

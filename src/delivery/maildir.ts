@@ -32,11 +32,16 @@ export function uniqueName(hostname: string, pid: number, now: number = Date.now
   return `${seconds}.M${micros}P${pid}Q${sequence}.${escapeHostname(hostname)}`;
 }
 
-/** Creates `dir` with `tmp/`, `new/` and `cur/` if they are missing (mode 0700). */
-export async function ensureMaildir(dir: string): Promise<void> {
+/**
+ * Creates `dir` with `tmp/`, `new/` and `cur/` if they are missing (mode 0700);
+ * a Maildir++ folder also gets its empty `maildirfolder` file, by which
+ * Dovecot and Courier know it is a folder.
+ */
+export async function ensureMaildir(dir: string, folder = false): Promise<void> {
   for (const sub of ["tmp", "new", "cur"]) {
     await Deno.mkdir(`${dir}/${sub}`, { recursive: true, mode: DIRECTORY_MODE });
   }
+  if (folder) await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
 }
 
 /** A file being written into `tmp/`; {@link commit} moves it into `new/`. */
@@ -55,7 +60,7 @@ export class MaildirFile {
   }
 
   /** Creates a new file in `dir/tmp/`, making the Maildir first if needed. */
-  static async create(dir: string, hostname: string): Promise<MaildirFile> {
+  static async create(dir: string, hostname: string, folder = false): Promise<MaildirFile> {
     const base = uniqueName(hostname, Deno.pid);
     const path = `${dir}/tmp/${base}`;
     const options = { write: true, createNew: true, mode: FILE_MODE };
@@ -66,7 +71,7 @@ export class MaildirFile {
       // Made on first use (and again if someone removed it), not checked
       // with three mkdir calls per message.
       if (!(error instanceof Deno.errors.NotFound)) throw error;
-      await ensureMaildir(dir);
+      await ensureMaildir(dir, folder);
       file = await Deno.open(path, options);
     }
     return new MaildirFile(dir, base, file);

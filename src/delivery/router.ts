@@ -8,6 +8,7 @@
 
 import type { Address } from "../commands.ts";
 import { REPLIES, type Reply } from "../replies.ts";
+import { type RecipientTable, resolveRecipient } from "./recipients.ts";
 
 /** The placeholders a Maildir template may hold. */
 export const PLACEHOLDERS = ["{domain}", "{user}", "{local}"] as const;
@@ -20,7 +21,25 @@ export interface RouterOptions {
   readonly domains: readonly string[];
   /** The domain `<postmaster>` (no domain) belongs to. */
   readonly defaultDomain: string;
+  /** The recipients table in force, when there is a recipients file (it can be reloaded). */
+  readonly recipients?: () => RecipientTable | undefined;
+  /** Deliver `user+tag@` into the Maildir++ folder `.tag` of user's Maildir. */
+  readonly subaddressFolders?: boolean;
 }
+
+/** One copy's destination. */
+export interface Destination {
+  /** The Maildir (or Maildir++ folder) the copy goes to. */
+  readonly maildir: string;
+  /** The final mailbox address, for Delivered-To. */
+  readonly mailbox: string;
+  /** True when `maildir` is a Maildir++ folder (it needs its `maildirfolder` file). */
+  readonly folder: boolean;
+}
+
+// A +tag that may become a Maildir++ folder name: plain ASCII words, no dots
+// (a dot is Maildir++'s hierarchy separator) and nothing a path could use.
+const FOLDER_TAG = /^[A-Za-z0-9_-]{1,64}$/;
 
 // A value that becomes one path segment: no separators, no dot-segments, no
 // leading dot (Maildir++ folders and hidden files start with one), no
@@ -45,7 +64,16 @@ export class Router {
   /** Says why a recipient is refused, or `undefined` when we take mail for it. */
   check(recipient: Address): Reply | undefined {
     const domain = this.#domainOf(recipient);
-    if (this.#domains.size > 0 && !this.#domains.has(domain)) return REPLIES.relayDenied;
+    const table = this.#options.recipients?.();
+    if (table) {
+      const resolution = resolveRecipient(table, recipient.localText, domain);
+      if (resolution.kind === "unknown-domain" && !this.#domains.has(domain)) {
+        return REPLIES.relayDenied;
+      }
+      if (resolution.kind !== "mailboxes") return REPLIES.unknownUser;
+    } else if (this.#domains.size > 0 && !this.#domains.has(domain)) {
+      return REPLIES.relayDenied;
+    }
     // Refused whether or not the template uses them, so that changing the
     // template never makes an accepted address dangerous.
     if (!isSafeSegment(recipient.localText) || !isSafeSegment(userOf(recipient))) {
@@ -66,6 +94,41 @@ export class Router {
       .replaceAll("{domain}", this.#domainOf(recipient))
       .replaceAll("{user}", userOf(recipient))
       .replaceAll("{local}", recipient.localText);
+  }
+
+  /**
+   * Where a recipient's copies go: one per final mailbox (aliases expanded),
+   * into the `.tag` folder when sub-address folders are on.
+   */
+  destinations(recipient: Address): Destination[] {
+    const domain = this.#domainOf(recipient);
+    const plus = recipient.localText.indexOf("+");
+    const tag = plus === -1 ? undefined : recipient.localText.slice(plus + 1);
+    const folder = this.#options.subaddressFolders && tag !== undefined && FOLDER_TAG.test(tag)
+      ? `.${tag}`
+      : undefined;
+    const table = this.#options.recipients?.();
+    const mailboxes = table
+      ? (() => {
+        const resolution = resolveRecipient(table, recipient.localText, domain);
+        return resolution.kind === "mailboxes" ? resolution.mailboxes : [];
+      })()
+      : [`${recipient.localText}@${domain}`];
+    return mailboxes.map((mailbox) => {
+      const at = mailbox.lastIndexOf("@");
+      const target = {
+        local: mailbox.slice(0, at),
+        localText: mailbox.slice(0, at),
+        domain: mailbox.slice(at + 1),
+        utf8: false,
+      };
+      const maildir = this.maildirFor(target);
+      return {
+        maildir: folder ? `${maildir}/${folder}` : maildir,
+        mailbox: table ? mailbox : this.mailboxAddress(recipient),
+        folder: folder !== undefined,
+      };
+    });
   }
 
   /** The address as delivery names it: `postmaster` gains the default domain. */
