@@ -74,6 +74,12 @@ const CASES: [string, string[], Record<string, string>, RegExp][] = [
     /^letterbox: Cannot use --maildir "\{domain\}\/\{user\}": placeholders must come after a fixed root/,
   ],
   [
+    "a broken recipients file",
+    ["--recipients", `${REPO}/certs/make-certs.sh`],
+    {},
+    /^letterbox: Cannot use --recipients ".*make-certs\.sh": line 6: "set -eu" is not an address such as alice@example\.com$/,
+  ],
+  [
     "a bad log format",
     [],
     { LETTERBOX_LOG_FORMAT: "xml" },
