@@ -140,8 +140,11 @@ async function main(): Promise<void> {
     log.info("Stopped");
     Deno.exit(0);
   };
-  Deno.addSignalListener("SIGHUP", async () => {
-    if (!config.recipients) return log.info("Received SIGHUP: nothing to reload");
+  // SIGHUP (systemctl reload, certbot's deploy hook) re-reads the recipients
+  // file and the certificate; a change to the certificate files does too.
+  // Whatever fails to load leaves what is in force, and says why.
+  const reloadRecipients = async () => {
+    if (!config.recipients) return;
     try {
       const table = parseRecipients(await Deno.readTextFile(config.recipients));
       recipients = table;
@@ -155,9 +158,58 @@ async function main(): Promise<void> {
         error: error instanceof Error ? error.message : String(error),
       });
     }
+  };
+  const reloadCertificate = async (why: string) => {
+    if (!config.tlsCert || !config.tlsKey) return;
+    try {
+      tlsContext = secureContext(await readKeyPair(config.tlsCert, config.tlsKey));
+      log.info("Reloaded the TLS certificate ({why}): new connections use it", { why });
+    } catch (error) {
+      log.error("Kept the TLS certificate in force ({why}): {error}", {
+        why,
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
+  };
+  Deno.addSignalListener("SIGHUP", () => {
+    log.info("Received SIGHUP: reloading");
+    void reloadRecipients();
+    void reloadCertificate("SIGHUP");
   });
+  if (config.tlsCert && config.tlsKey) {
+    void watchCertificate(config.tlsCert, config.tlsKey, reloadCertificate);
+  }
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+}
+
+/**
+ * Watches the folders of the certificate and key (files are often replaced by
+ * a rename, which a watch on the file itself would miss) and reloads once
+ * things have been quiet for a moment, so that a certificate and its key
+ * written one after the other are read together.
+ */
+async function watchCertificate(
+  cert: string,
+  key: string,
+  reload: (why: string) => Promise<void>,
+): Promise<void> {
+  const folders = [
+    ...new Set([cert, key].map((file) => file.slice(0, Math.max(1, file.lastIndexOf("/"))))),
+  ];
+  const names = new Set([cert, key].map((file) => file.slice(file.lastIndexOf("/") + 1)));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    for await (const event of Deno.watchFs(folders, { recursive: false })) {
+      if (!event.paths.some((path) => names.has(path.slice(path.lastIndexOf("/") + 1)))) continue;
+      clearTimeout(timer);
+      timer = setTimeout(() => void reload("files changed"), 500);
+    }
+  } catch (error) {
+    logger("server").warn("Not watching the certificate files: {error}", {
+      error: error instanceof Error ? error.message : String(error),
+    });
+  }
 }
 
 if (import.meta.main) await main();

@@ -8,6 +8,7 @@
 
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import { ConfigError } from "./config.ts";
 
@@ -37,6 +38,7 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
   };
   const pair = { cert: await read(certFile, "--tls-cert"), key: await read(keyFile, "--tls-key") };
   try {
+    checkKeyPair(pair);
     secureContext(pair);
   } catch (error) {
     throw new ConfigError(
@@ -46,6 +48,31 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
     );
   }
   return pair;
+}
+
+/**
+ * Checks that the chain starts with a certificate and that the key is its
+ * key. Deno's `createSecureContext` accepts anything and fails only at the
+ * first handshake, which would turn a bad reload into broken TLS.
+ */
+export function checkKeyPair(pair: KeyPair): void {
+  const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pair.cert)?.[0];
+  if (!first) throw new Error("the certificate file holds no PEM certificate");
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(first);
+  } catch {
+    throw new Error("the certificate does not parse");
+  }
+  let key;
+  try {
+    key = createPrivateKey(pair.key);
+  } catch {
+    throw new Error("the key file holds no PEM private key");
+  }
+  if (!certificate.checkPrivateKey(key)) {
+    throw new Error("the key does not belong to the certificate");
+  }
 }
 
 /** Makes a self-signed ECDSA P-256 certificate for `hostname`, valid for a year. */

@@ -74,6 +74,12 @@ const CASES: [string, string[], Record<string, string>, RegExp][] = [
     /^letterbox: Cannot use --maildir "\{domain\}\/\{user\}": placeholders must come after a fixed root/,
   ],
   [
+    "a key that does not belong to the certificate",
+    ["--tls-cert", `${REPO}/certs/leaf.pem`, "--tls-key", `${REPO}/certs/ca-key.pem`],
+    {},
+    /^letterbox: Cannot use --tls-cert ".*leaf\.pem" with --tls-key ".*ca-key\.pem": the key does not belong to the certificate$/,
+  ],
+  [
     "a broken recipients file",
     ["--recipients", `${REPO}/certs/make-certs.sh`],
     {},
