@@ -5,7 +5,7 @@
  */
 
 import type { SecureContext } from "node:tls";
-import { ConfigError, HELP, parseConfig } from "./src/config.ts";
+import { ConfigError, HELP, type ListenAddress, parseConfig } from "./src/config.ts";
 import { readKeyPair, secureContext, selfSignedKeyPair } from "./src/certificates.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./src/delivery/cleanup.ts";
 import { LocalDelivery } from "./src/delivery/local.ts";
@@ -13,7 +13,8 @@ import { LIMITS } from "./src/limits.ts";
 import { parseRecipients, type RecipientTable } from "./src/delivery/recipients.ts";
 import { Router } from "./src/delivery/router.ts";
 import { configureLogging, logger } from "./src/log.ts";
-import { Server } from "./src/server.ts";
+import { Metrics } from "./src/metrics.ts";
+import { formatListen, Server } from "./src/server.ts";
 import { VERSION } from "./src/version.ts";
 
 function fail(error: unknown): never {
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
     recipients: () => recipients,
     subaddressFolders: config.subaddressFolders,
   });
+  const metrics = config.metrics ? new Metrics() : undefined;
   const server = new Server({
     session: {
       hostname: config.hostname,
@@ -112,6 +114,7 @@ async function main(): Promise<void> {
     dataTimeout: config.dataTimeout,
     greetDelay: config.greetDelay,
     log: logger("smtp"),
+    metrics,
   }, {
     maxConnections: config.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,
@@ -124,6 +127,21 @@ async function main(): Promise<void> {
     ]);
   } catch (error) {
     fail(error);
+  }
+  if (config.metrics && metrics) {
+    let bound = config.metrics;
+    try {
+      bound = serveMetrics(config.metrics, metrics);
+    } catch (error) {
+      fail(
+        new ConfigError(
+          `Cannot serve --metrics on ${formatListen(config.metrics)}: ${
+            (error as { code?: string }).code ?? error
+          }`,
+        ),
+      );
+    }
+    log.info("Metrics on http://{address}/metrics", { address: formatListen(bound) });
   }
   for (const warn of warnings) warn();
   log.info("Letterbox {version} ready, delivering to {maildir}", {
@@ -210,6 +228,25 @@ async function watchCertificate(
       error: error instanceof Error ? error.message : String(error),
     });
   }
+}
+
+/** Prometheus text on /metrics, "ok" on /healthz, 404 elsewhere; returns the bound address. */
+function serveMetrics(address: ListenAddress, metrics: Metrics): ListenAddress {
+  const server = Deno.serve(
+    { hostname: address.hostname, port: address.port, onListen: () => {} },
+    (request) => {
+      const path = new URL(request.url).pathname;
+      if (path === "/metrics") {
+        return new Response(metrics.render(), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      }
+      if (path === "/healthz") return new Response("ok\n");
+      return new Response("Not found\n", { status: 404 });
+    },
+  );
+  // onListen reports the port asked for; the server's own address has the one given.
+  return { hostname: server.addr.hostname, port: server.addr.port };
 }
 
 if (import.meta.main) await main();

@@ -48,6 +48,8 @@ export interface Config {
   readonly dataTimeout: number;
   /** Milliseconds. */
   readonly shutdownGrace: number;
+  /** Where to serve Prometheus metrics and /healthz, when wanted. */
+  readonly metrics?: ListenAddress;
   /** The recipients file, when there is one. */
   readonly recipients?: string;
   /** Deliver user+tag@ into the Maildir++ folder .tag. */
@@ -111,6 +113,7 @@ const SETTINGS = {
   logFormat: { flag: "log-format", env: "LETTERBOX_LOG_FORMAT", list: false },
   proxyFrom: { flag: "proxy-from", env: "LETTERBOX_PROXY_FROM", list: true },
   recipients: { flag: "recipients", env: "LETTERBOX_RECIPIENTS", list: false },
+  metrics: { flag: "metrics", env: "LETTERBOX_METRICS", list: false },
 } as const;
 
 const BOOLEAN_SETTINGS = {
@@ -152,6 +155,7 @@ Usage: letterbox [options]
   --command-timeout SECONDS  wait for a command (default ${LIMITS.commandTimeout / 1000})
   --data-timeout SECONDS     whole DATA phase (default ${LIMITS.dataTimeout / 1000})
   --shutdown-grace SECONDS   time to finish messages on SIGTERM (default ${DEFAULTS.shutdownGraceSeconds})
+  --metrics HOST:PORT        serve Prometheus metrics on /metrics and a health check on /healthz
   --recipients FILE          who we accept mail for, with aliases; re-read on SIGHUP
   --subaddress-folders       deliver user+tag@ into the Maildir++ folder .tag
   --proxy-protocol           every listener expects a PROXY header (v1 or v2); or per listener: --listen 0.0.0.0:25,proxy
@@ -382,6 +386,9 @@ export function parseConfig(
       shutdownGrace: seconds("shutdownGrace", DEFAULTS.shutdownGraceSeconds * 1000, 0),
       proxyFrom,
       recipients: single("recipients"),
+      metrics: single("metrics") === undefined
+        ? undefined
+        : parseListen(single("metrics")!, from("metrics")),
       subaddressFolders: flag("subaddressFolders"),
       logLevel: logLevel as Config["logLevel"],
       logFormat: logFormat as LogFormat,

@@ -17,6 +17,7 @@ import {
 } from "./delivery/delivery.ts";
 import { inspectMessage, MessagePrefix } from "./inspect.ts";
 import { LIMITS } from "./limits.ts";
+import type { Metrics } from "./metrics.ts";
 import { LineReader } from "./line_reader.ts";
 import { formatReply, greeting, REPLIES, type Reply } from "./replies.ts";
 import { type DataOutcome, Session, type SessionOptions, type Transaction } from "./session.ts";
@@ -40,6 +41,8 @@ export interface ConnectionOptions {
   readonly greetDelay: number;
   /** The logger; each connection adds its session id. */
   readonly log: Logger;
+  /** Where counts go, when metrics are on. */
+  readonly metrics?: Metrics;
 }
 
 const encoder = new TextEncoder();
@@ -129,7 +132,7 @@ export class Connection {
     if (options.implicitTls) {
       const context = options.tlsContext();
       if (!context) throw new Error("No TLS certificate loaded");
-      await transport.startTls(context, LIMITS.tlsHandshakeTimeout);
+      await this.#startTls(context);
     }
     this.#session = this.#newSession();
     if (options.greetDelay > 0) {
@@ -151,6 +154,7 @@ export class Connection {
         ? session.lineTooLong()
         : session.handleLine(read.line);
       if (action.reply.code >= 400) {
+        options.metrics?.rejectedCommands.inc({ code: String(action.reply.code) });
         this.#log.info("Rejected {command}: {reply}", {
           command: read.kind === "line" ? commandForLog(read.line) : "(line too long)",
           reply: formatReply(action.reply).trimEnd(),
@@ -170,7 +174,7 @@ export class Connection {
           this.#reader.discardBuffered();
           const context = options.tlsContext();
           if (!context) return;
-          await transport.startTls(context, LIMITS.tlsHandshakeTimeout);
+          await this.#startTls(context);
           this.#reader = new LineReader(transport);
           session.tlsStarted();
           this.#log.info("TLS started: {protocol} {cipher}", { ...transport.tls });
@@ -199,6 +203,16 @@ export class Connection {
       return await transport.read() === null ? "gone" : "talked";
     } catch (error) {
       if (error instanceof ReadTimeoutError) return "quiet";
+      throw error;
+    }
+  }
+
+  async #startTls(context: tls.SecureContext): Promise<void> {
+    try {
+      await this.#transport.startTls(context, LIMITS.tlsHandshakeTimeout);
+      this.#options.metrics?.tlsHandshakes.inc({ result: "ok" });
+    } catch (error) {
+      this.#options.metrics?.tlsHandshakes.inc({ result: "failed" });
       throw error;
     }
   }
@@ -239,6 +253,8 @@ export class Connection {
     transport.idleTimeout = LIMITS.dataReadGap;
     let outcome: DataOutcome;
     let size = 0;
+    let endOfData = 0;
+    let wireBytes = 0;
     try {
       const result = await this.#reader.readData(async (content) => {
         prefix.add(content);
@@ -249,6 +265,8 @@ export class Connection {
           await delivery.write(content).catch((error) => failure = error);
         }
       }, this.#options.session.maxMessageSize);
+      endOfData = performance.now();
+      if (result.kind === "end") wireBytes = result.wireBytes;
       if (result.kind === "eof") {
         await delivery?.abort();
         this.#log.info("Lost connection in DATA, message {id} discarded", { id: envelope.id });
@@ -283,6 +301,15 @@ export class Connection {
       });
     }
     const reply = session.finishData(outcome);
+    const metrics = this.#options.metrics;
+    if (metrics) {
+      metrics.messages.inc({ code: String(reply.code) });
+      metrics.receivedBytes.inc({}, wireBytes);
+      metrics.recipientsPerMessage.observe(envelope.recipients.length);
+      if (outcome.kind === "queued") {
+        metrics.deliverySeconds.observe((performance.now() - endOfData) / 1000);
+      }
+    }
     if (outcome.kind === "queued") {
       this.#logDelivered(envelope, size, prefix, performance.now() - started);
     } else {

@@ -191,6 +191,7 @@ export class Server {
       ? REPLIES.tooManyConnectionsFromYou
       : undefined;
     if (refusal) {
+      this.#options.metrics?.connections.inc({ outcome: "refused" });
       this.#log.info("Refused {peer}: {reply}", {
         peer: ip,
         reply: formatReply(refusal).trimEnd(),
@@ -203,10 +204,13 @@ export class Server {
       return;
     }
     this.#perIp.set(ip, fromIp + 1);
+    this.#options.metrics?.connections.inc({ outcome: "accepted" });
+    this.#options.metrics?.connectionsOpen.add(1);
     const connection = new Connection(transport, { ...this.#options, implicitTls });
     this.#connections.add(connection);
     const served = connection.serve().finally(() => {
       this.#connections.delete(connection);
+      this.#options.metrics?.connectionsOpen.add(-1);
       const left = (this.#perIp.get(ip) ?? 1) - 1;
       if (left === 0) this.#perIp.delete(ip);
       else this.#perIp.set(ip, left);

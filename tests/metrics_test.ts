@@ -1,0 +1,66 @@
+/**
+ * Metrics: scraped over HTTP from the real program, the numbers move as mail
+ * arrives; /healthz answers.
+ */
+
+import { startServer, TestClient } from "./_server.ts";
+import { assertEquals, assertMatch } from "./_assert.ts";
+
+function value(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(series + " "));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+
+Deno.test("the metrics endpoint counts connections, messages by code, bytes and latency", async () => {
+  const server = await startServer(["--metrics", "127.0.0.1:0", "--max-message-size", "2K"]);
+  const line = server.logs.find((l) => String(l.message).startsWith("Metrics on"));
+  const address = (line?.properties as Record<string, unknown> | undefined)?.address;
+  const url = `http://${address}`;
+  const scrape = async () => await (await fetch(`${url}/metrics`)).text();
+  try {
+    const health = await fetch(`${url}/healthz`);
+    assertEquals([health.status, await health.text()], [200, "ok\n"]);
+    const before = await scrape();
+    assertMatch(before, /^# HELP letterbox_connections_open /m);
+    assertEquals(value(before, 'letterbox_messages_total{code="250"}'), 0);
+
+    const client = await TestClient.connect(server.port);
+    try {
+      await client.reply();
+      await client.command("EHLO client.test");
+      assertEquals((await client.command("STARTTLS")).code, 220);
+      await client.startTls();
+      await client.startMessage("a@b.test", ["x@example.com", "y@example.com"]);
+      await client.send("Subject: counted\r\n\r\nhello\r\n.\r\n");
+      assertEquals((await client.reply()).code, 250);
+      await client.startMessage("a@b.test", ["x@example.com"], { ehlo: false });
+      await client.send("x".repeat(3000) + "\r\n.\r\n");
+      assertEquals((await client.reply()).code, 552);
+      assertEquals((await client.command("BOGUS")).code, 500);
+      const during = await scrape();
+      assertEquals(value(during, "letterbox_connections_open"), 1);
+      assertEquals(value(during, 'letterbox_connections_total{outcome="accepted"}'), 1);
+      assertEquals(value(during, 'letterbox_tls_handshakes_total{result="ok"}'), 1);
+      assertEquals(value(during, 'letterbox_messages_total{code="250"}'), 1);
+      assertEquals(value(during, 'letterbox_messages_total{code="552"}'), 1);
+      assertEquals(value(during, 'letterbox_rejected_commands_total{code="500"}'), 1);
+      // Octets on the wire, the refused message's included.
+      assertEquals(value(during, "letterbox_received_bytes_total"), 27 + 3002);
+      assertEquals(value(during, "letterbox_delivery_seconds_count"), 1);
+      assertEquals(value(during, 'letterbox_recipients_per_message_bucket{le="1"}'), 1);
+      assertEquals(value(during, 'letterbox_recipients_per_message_bucket{le="2"}'), 2);
+    } finally {
+      client.close();
+    }
+    for (let i = 0; i < 50 && value(await scrape(), "letterbox_connections_open") !== 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assertEquals(value(await scrape(), "letterbox_connections_open"), 0);
+    assertEquals(
+      (await fetch(`${url}/other`).then(async (r) => [r.status, await r.text()]))[0],
+      404,
+    );
+  } finally {
+    await server.stop();
+  }
+});
