@@ -350,6 +350,10 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
     client.close();
     await server.stop();
   }
+  // Every line on stderr is one JSON object (the helper keeps unparsable lines as bare messages).
+  for (const record of server.logs) {
+    assertEquals(typeof record["@timestamp"], "string", JSON.stringify(record));
+  }
   const delivered = server.logs.find((l) => String(l.message).startsWith("Delivered"));
   assert(delivered, "a Delivered line");
   const properties = delivered.properties as Record<string, unknown>;
