@@ -3,8 +3,11 @@
 # renewal. Copies the new pair where the vmail user can read it, then asks
 # Letterbox to reload (it keeps the old pair if the new one is broken).
 set -eu
-domain=mx.example.com
+# certbot names the renewed certificate's folder in RENEWED_LINEAGE.
+lineage="${RENEWED_LINEAGE:-/etc/letsencrypt/live/mx.example.com}"
 install -d -m 0750 -o root -g vmail /etc/letterbox/tls
-install -m 0640 -o root -g vmail "/etc/letsencrypt/live/$domain/fullchain.pem" /etc/letterbox/tls/fullchain.pem
-install -m 0640 -o root -g vmail "/etc/letsencrypt/live/$domain/privkey.pem" /etc/letterbox/tls/privkey.pem
-systemctl reload letterbox
+# Key first, then certificate: Letterbox reloads once the folder is quiet,
+# and checks that the two belong together before using them.
+install -m 0640 -o root -g vmail "$lineage/privkey.pem" /etc/letterbox/tls/privkey.pem
+install -m 0640 -o root -g vmail "$lineage/fullchain.pem" /etc/letterbox/tls/fullchain.pem
+systemctl reload letterbox || true
