@@ -18,12 +18,18 @@ endif
 # host name, nothing else.
 # Override for your layout, e.g. make build MAIL_ROOT=/srv/mail.
 MAIL_ROOT ?= /var/vmail
-# The addresses the binary may listen on; it makes no outgoing connections.
+# The addresses the binary may listen on; it makes no outgoing connections
+# except to HOOK_HOSTS (webhook hosts, e.g. ci.example.com:443), and runs no
+# program except HOOK_COMMANDS (exec: hooks, e.g. /usr/local/bin/on-mail).
 LISTEN_HOSTS ?= 0.0.0.0,[::],127.0.0.1,[::1]
+HOOK_HOSTS ?=
+HOOK_COMMANDS ?=
+COMMA := ,
 CERT_DIR ?= /etc/letterbox
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
-BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS) --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
+BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
+	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 
 # The real peers the tests use, from Debian. Installed only when missing, and

@@ -13,6 +13,7 @@ import { LIMITS } from "./src/limits.ts";
 import { parseRecipients, type RecipientTable } from "./src/delivery/recipients.ts";
 import { Router } from "./src/delivery/router.ts";
 import { configureLogging, logger } from "./src/log.ts";
+import { HookQueue } from "./src/hooks/queue.ts";
 import { Metrics } from "./src/metrics.ts";
 import { formatListen, Server } from "./src/server.ts";
 import { VERSION } from "./src/version.ts";
@@ -99,6 +100,31 @@ async function main(): Promise<void> {
     subaddressFolders: config.subaddressFolders,
   });
   const metrics = config.metrics ? new Metrics() : undefined;
+  let hooks: HookQueue | undefined;
+  if (config.hooks.length > 0) {
+    hooks = new HookQueue({
+      hooks: config.hooks,
+      spool: config.hookSpool,
+      secret: config.hookSecret,
+      maxAttachmentBytes: config.hookMaxAttachmentBytes,
+      retryFor: config.hookRetryFor,
+      retryDelay: config.hookRetryDelay,
+      timeout: config.hookTimeout,
+      concurrency: config.hookConcurrency,
+      log: logger("hooks"),
+    });
+    try {
+      await hooks.start();
+    } catch (error) {
+      fail(
+        new ConfigError(
+          `Cannot use the hook spool ${JSON.stringify(config.hookSpool)}: ${
+            error instanceof Error ? error.message : error
+          }`,
+        ),
+      );
+    }
+  }
   const server = new Server({
     session: {
       hostname: config.hostname,
@@ -115,6 +141,7 @@ async function main(): Promise<void> {
     greetDelay: config.greetDelay,
     log: logger("smtp"),
     metrics,
+    hooks,
   }, {
     maxConnections: config.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,

@@ -10,7 +10,8 @@
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
 import { type Cidr, LOOPBACK, parseCidr } from "./cidr.ts";
 import { isDomainName } from "./commands.ts";
-import { templateProblem } from "./delivery/router.ts";
+import { PLACEHOLDERS, templateProblem } from "./delivery/router.ts";
+import { type Hook, parseHook } from "./hooks/hook.ts";
 import { LIMITS } from "./limits.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat } from "./log.ts";
 
@@ -48,6 +49,17 @@ export interface Config {
   readonly dataTimeout: number;
   /** Milliseconds. */
   readonly shutdownGrace: number;
+  /** Hooks run for each delivered message. */
+  readonly hooks: readonly Hook[];
+  /** Hook settings; durations in milliseconds. */
+  readonly hookSecret?: string;
+  readonly hookMaxAttachmentBytes: number;
+  readonly hookRetryFor: number;
+  readonly hookRetryDelay: number;
+  readonly hookTimeout: number;
+  readonly hookConcurrency: number;
+  /** Where hook jobs wait: inside the Maildir root, so the same write permission covers it. */
+  readonly hookSpool: string;
   /** Where to serve Prometheus metrics and /healthz, when wanted. */
   readonly metrics?: ListenAddress;
   /** The recipients file, when there is one. */
@@ -114,6 +126,18 @@ const SETTINGS = {
   proxyFrom: { flag: "proxy-from", env: "LETTERBOX_PROXY_FROM", list: true },
   recipients: { flag: "recipients", env: "LETTERBOX_RECIPIENTS", list: false },
   metrics: { flag: "metrics", env: "LETTERBOX_METRICS", list: false },
+  hooks: { flag: "hook", env: "LETTERBOX_HOOKS", list: true },
+  hookSecret: { flag: "hook-secret", env: "LETTERBOX_HOOK_SECRET", list: false },
+  hookMaxAttachmentBytes: {
+    flag: "hook-max-attachment-bytes",
+    env: "LETTERBOX_HOOK_MAX_ATTACHMENT_BYTES",
+    list: false,
+  },
+  hookRetryFor: { flag: "hook-retry-for", env: "LETTERBOX_HOOK_RETRY_FOR", list: false },
+  hookRetryDelay: { flag: "hook-retry-delay", env: "LETTERBOX_HOOK_RETRY_DELAY", list: false },
+  hookTimeout: { flag: "hook-timeout", env: "LETTERBOX_HOOK_TIMEOUT", list: false },
+  hookConcurrency: { flag: "hook-concurrency", env: "LETTERBOX_HOOK_CONCURRENCY", list: false },
+  hookSpool: { flag: "hook-spool", env: "LETTERBOX_HOOK_SPOOL", list: false },
 } as const;
 
 const BOOLEAN_SETTINGS = {
@@ -155,6 +179,15 @@ Usage: letterbox [options]
   --command-timeout SECONDS  wait for a command (default ${LIMITS.commandTimeout / 1000})
   --data-timeout SECONDS     whole DATA phase (default ${LIMITS.dataTimeout / 1000})
   --shutdown-grace SECONDS   time to finish messages on SIGTERM (default ${DEFAULTS.shutdownGraceSeconds})
+  --hook PATTERN=TARGET      run for each message to PATTERN (address, @domain or *): an http(s) URL
+                             to POST JSON to, or exec:/path/to/command (repeatable)
+  --hook-secret SECRET       sign webhook bodies with HMAC-SHA256
+  --hook-max-attachment-bytes BYTES  attachments up to this go in the JSON as base64 (default 1M)
+  --hook-retry-for DURATION  keep retrying a failing hook this long, e.g. 24h (default 24h)
+  --hook-retry-delay SECONDS first retry delay, doubling each time (default 30)
+  --hook-timeout SECONDS     time limit of one webhook call or command (default 30)
+  --hook-concurrency N       hooks running at once (default 4)
+  --hook-spool PATH          where hook jobs wait (default: letterbox-hooks in the Maildir root)
   --metrics HOST:PORT        serve Prometheus metrics on /metrics and a health check on /healthz
   --recipients FILE          who we accept mail for, with aliases; re-read on SIGHUP
   --subaddress-folders       deliver user+tag@ into the Maildir++ folder .tag
@@ -341,7 +374,7 @@ export function parseConfig(
   ): number => {
     const raw = single(key);
     if (raw === undefined) return fallback;
-    const value = key === "maxMessageSize"
+    const value = key === "maxMessageSize" || key === "hookMaxAttachmentBytes"
       ? parseSize(raw)
       : (inSeconds ? /^\d+(\.\d{1,3})?$/ : /^\d+$/).test(raw)
       ? Number(raw)
@@ -358,6 +391,24 @@ export function parseConfig(
     }
     return value;
   };
+
+  const hooks = (values.hooks?.value ?? []).map((text) => {
+    const hook = parseHook(text);
+    if (typeof hook === "string") {
+      throw new ConfigError(`Cannot use ${from("hooks")} ${JSON.stringify(text)}: ${hook}`);
+    }
+    return hook;
+  });
+  const retryForText = single("hookRetryFor");
+  const hookRetryFor = retryForText === undefined ? 86_400_000 : parseDuration(retryForText);
+  if (!Number.isFinite(hookRetryFor) || hookRetryFor <= 0) {
+    throw new ConfigError(
+      `Cannot use ${from("hookRetryFor")} ${
+        JSON.stringify(retryForText)
+      }: write a duration such as 90s, 30m, 24h or 2d`,
+    );
+  }
+  const maildirRoot = maildirRootOf(maildir);
 
   // Durations are given in seconds (fractions allowed) and kept in milliseconds.
   const seconds = (key: keyof typeof SETTINGS, fallbackMs: number, min: number): number =>
@@ -386,6 +437,21 @@ export function parseConfig(
       shutdownGrace: seconds("shutdownGrace", DEFAULTS.shutdownGraceSeconds * 1000, 0),
       proxyFrom,
       recipients: single("recipients"),
+      hooks,
+      hookSecret: single("hookSecret"),
+      hookMaxAttachmentBytes: number("hookMaxAttachmentBytes", 1_048_576, 0, 2 ** 40),
+      hookRetryFor,
+      hookRetryDelay: seconds("hookRetryDelay", 30_000, 0.01),
+      hookTimeout: seconds("hookTimeout", 30_000, 0.1),
+      hookConcurrency: number("hookConcurrency", 4, 1, 1000),
+      // Inside the Maildir root, so that one write permission covers both. Under a
+      // template a leading dot keeps it out of reach of every {domain} and {user}
+      // (they never start with one); in a single Maildir a plain name keeps it
+      // from looking like a Maildir++ folder to Dovecot.
+      hookSpool: single("hookSpool") ??
+        (maildirRoot === maildir.replace(/\/+$/, "")
+          ? `${maildirRoot}/letterbox-hooks`
+          : `${maildirRoot}/.letterbox-hooks`),
       metrics: single("metrics") === undefined
         ? undefined
         : parseListen(single("metrics")!, from("metrics")),
@@ -394,6 +460,28 @@ export function parseConfig(
       logFormat: logFormat as LogFormat,
     },
   };
+}
+
+/** Parses `90s`, `30m`, `24h`, `2d` or plain seconds into milliseconds; NaN otherwise. */
+export function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)([smhd]?)$/.exec(text.trim());
+  if (!match) return NaN;
+  return Number(match[1]) *
+    {
+      "": 1000,
+      s: 1000,
+      m: 60_000,
+      h: 3_600_000,
+      d: 86_400_000,
+    }[match[2] as "" | "s" | "m" | "h" | "d"];
+}
+
+/** The fixed directory a Maildir path or template starts with: what write permission must cover. */
+export function maildirRootOf(maildir: string): string {
+  const first = PLACEHOLDERS.map((p) => maildir.indexOf(p)).filter((i) => i !== -1);
+  if (first.length === 0) return maildir.replace(/\/+$/, "");
+  const prefix = maildir.slice(0, Math.min(...first));
+  return prefix.slice(0, prefix.lastIndexOf("/")) || "/";
 }
 
 /** Parses `25M`, `512K`, `1G` or plain octets; NaN when it is none of these. */

@@ -14,10 +14,12 @@ import {
   type DeliveryTransaction,
   type Envelope,
   isStorageFull,
+  type StoredCopy,
 } from "./delivery/delivery.ts";
 import { inspectMessage, MessagePrefix } from "./inspect.ts";
 import { LIMITS } from "./limits.ts";
 import type { Metrics } from "./metrics.ts";
+import type { HookQueue } from "./hooks/queue.ts";
 import { LineReader } from "./line_reader.ts";
 import { formatReply, greeting, REPLIES, type Reply } from "./replies.ts";
 import { type DataOutcome, Session, type SessionOptions, type Transaction } from "./session.ts";
@@ -43,6 +45,8 @@ export interface ConnectionOptions {
   readonly log: Logger;
   /** Where counts go, when metrics are on. */
   readonly metrics?: Metrics;
+  /** The hook queue, when hooks are configured. */
+  readonly hooks?: HookQueue;
 }
 
 const encoder = new TextEncoder();
@@ -276,8 +280,9 @@ export class Connection {
         outcome = { kind: "too-big" };
       } else if (failure === undefined && delivery) {
         try {
-          await delivery.commit();
+          const copies = await delivery.commit();
           outcome = { kind: "queued", id: envelope.id };
+          await this.#enqueueHooks(envelope, copies);
         } catch (error) {
           failure = error;
           outcome = { kind: "local-error" };
@@ -319,6 +324,33 @@ export class Connection {
       });
     }
     return reply;
+  }
+
+  // Hook jobs are on disk before the 250. A failure here cannot take the
+  // message back (it is in Maildir already), so it is logged, not answered.
+  async #enqueueHooks(envelope: Envelope, copies: StoredCopy[]): Promise<void> {
+    const hooks = this.#options.hooks;
+    if (!hooks) return;
+    try {
+      await hooks.enqueue({
+        queueId: envelope.id,
+        sender: envelope.sender ? formatAddress(envelope.sender) : "",
+        recipients: envelope.recipients.map(formatAddress),
+        clientAddress: envelope.clientAddress,
+        heloName: envelope.heloName,
+        tls: envelope.tls ? `${envelope.tls.protocol} ${envelope.tls.cipher}` : null,
+        receivedAt: envelope.receivedAt.toISOString(),
+        files: copies.map((copy) => ({
+          maildir: copy.maildir,
+          name: copy.path.slice(copy.path.lastIndexOf("/") + 1),
+        })),
+      });
+    } catch (error) {
+      this.#log.error("Could not queue hooks for {id}: {error}", {
+        id: envelope.id,
+        error: describe(error),
+      });
+    }
   }
 
   #logDelivered(envelope: Envelope, size: number, prefix: MessagePrefix, ms: number): void {

@@ -48,7 +48,12 @@ export function serverPermissions(maildirRoot: string): string[] {
  */
 export async function startServer(
   args: string[] = [],
-  options: { tlsListener?: boolean; maildir?: string; useTestCert?: boolean } = {},
+  options: {
+    tlsListener?: boolean;
+    maildir?: string;
+    useTestCert?: boolean;
+    permissions?: string[];
+  } = {},
 ): Promise<RunningServer> {
   const maildir = options.maildir ?? await Deno.makeTempDir({ prefix: "letterbox-test-" });
   const certArgs = options.useTestCert === false
@@ -58,6 +63,7 @@ export async function startServer(
     args: [
       "run",
       ...serverPermissions(maildir),
+      ...(options.permissions ?? []),
       `${ROOT}/main.ts`,
       "--listen",
       "127.0.0.1:0",

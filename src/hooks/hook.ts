@@ -1,0 +1,64 @@
+/**
+ * What a hook is: a pattern (an address, a domain or `*`) and a target (a URL
+ * to POST to, or a command to run). Pure parsing and matching.
+ *
+ * @module
+ */
+
+/** Where a hook sends its message. */
+export type HookTarget =
+  | { readonly kind: "webhook"; readonly url: string }
+  | { readonly kind: "exec"; readonly command: string };
+
+/** One `--hook PATTERN=TARGET`. */
+export interface Hook {
+  /** As written, for logs and job files. */
+  readonly text: string;
+  /** `alice@example.com`, `@example.com` or `*`, lower-cased. */
+  readonly pattern: string;
+  readonly target: HookTarget;
+}
+
+/** Parses `PATTERN=TARGET`; returns the reason it is wrong as a string. */
+export function parseHook(text: string): Hook | string {
+  const equals = text.indexOf("=");
+  if (equals <= 0) {
+    return "write PATTERN=TARGET, e.g. deploy@example.com=https://ci.example.com/hook";
+  }
+  const pattern = text.slice(0, equals).trim().toLowerCase();
+  const targetText = text.slice(equals + 1).trim();
+  if (pattern !== "*" && !/^[^@\s]*@[^@\s]+$/.test(pattern)) {
+    return `the pattern ${JSON.stringify(pattern)} must be an address, @domain or *`;
+  }
+  if (targetText.startsWith("exec:")) {
+    const command = targetText.slice(5);
+    // No shell: the operator names one program; arguments would need a shell.
+    if (!command.startsWith("/") || /\s/.test(command)) {
+      return `the command ${JSON.stringify(command)} must be an absolute path without arguments`;
+    }
+    return { text, pattern, target: { kind: "exec", command } };
+  }
+  let url: URL;
+  try {
+    url = new URL(targetText);
+  } catch {
+    return `the target ${
+      JSON.stringify(targetText)
+    } must be an http(s):// URL or exec:/path/to/command`;
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    return `the target ${
+      JSON.stringify(targetText)
+    } must be an http(s):// URL or exec:/path/to/command`;
+  }
+  return { text, pattern, target: { kind: "webhook", url: url.href } };
+}
+
+/** True when the hook's pattern matches one of the recipients (`local@domain`). */
+export function hookMatches(hook: Hook, recipients: readonly string[]): boolean {
+  if (hook.pattern === "*") return true;
+  return recipients.some((recipient) => {
+    const lower = recipient.toLowerCase();
+    return hook.pattern.startsWith("@") ? lower.endsWith(hook.pattern) : lower === hook.pattern;
+  });
+}
