@@ -291,6 +291,14 @@ export class TestClient {
     });
   }
 
+  /** EHLO, STARTTLS and the handshake: the session is then encrypted and needs a new EHLO. */
+  async upgrade(): Promise<void> {
+    await this.command("EHLO client.test");
+    const ready = await this.command("STARTTLS");
+    if (ready.code !== 220) throw new Error(`STARTTLS got ${ready.text.trim()}`);
+    await this.startTls();
+  }
+
   /** Bytes received and not yet parsed as a reply. */
   get unread(): string {
     return this.#buffer;
@@ -371,4 +379,17 @@ export async function have(command: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Waits until a log line (after the first `after` lines) starts with `start`. */
+export async function waitForLog(
+  logs: Record<string, unknown>[],
+  start: string,
+  after = 0,
+): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (logs.slice(after).some((l) => String(l.message).startsWith(start))) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`No log line starting with ${start}`);
 }

@@ -2,6 +2,7 @@
  * Limits, timeouts and hostile input against the real program.
  */
 
+import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
 import {
   newFiles,
   readMessages,
@@ -92,18 +93,7 @@ Deno.test("a sender that stalls inside DATA past --data-timeout gets 421 4.4.2 a
 });
 
 Deno.test("each non-standard end-of-data sequence is content: one message, holding the forged text", async () => {
-  const sequences = [
-    "\n.\n",
-    "\n.\r\n",
-    "\r\n.\n",
-    "\r.\r",
-    "\r\n.\r",
-    "\r\n\x00.\r\n",
-    "\r.\r\n",
-    ".\n",
-    "\n..\n",
-    "\r\n.\x00\r\n",
-  ];
+  const sequences = SMUGGLING_SEQUENCES;
   const server = await startServer();
   const client = await greeted(server.port);
   try {

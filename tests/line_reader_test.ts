@@ -1,3 +1,4 @@
+import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
 import { DataDecoder, LineReader } from "../src/line_reader.ts";
 import { assertEquals } from "./_assert.ts";
 
@@ -86,16 +87,7 @@ Deno.test("readData() gives the same content however the input is split", async 
 });
 
 Deno.test("readData() ends only at CRLF.CRLF, never at bare LF or CR variants", async () => {
-  const smuggling = [
-    "\n.\n",
-    "\n.\r\n",
-    "\r\n.\n",
-    "\r.\r",
-    "\r\n.\r",
-    "\r\n\x00.\r\n",
-    ".\n",
-    "\r.\r\n",
-  ];
+  const smuggling = SMUGGLING_SEQUENCES;
   for (const marker of smuggling) {
     const reader = new LineReader(source(`a${marker}MAIL FROM:<x@y>\r\n`, "\r\n.\r\n"));
     const { content, result } = await readAllData(reader);

@@ -27,9 +27,7 @@ Deno.test("the metrics endpoint counts connections, messages by code, bytes and 
     const client = await TestClient.connect(server.port);
     try {
       await client.reply();
-      await client.command("EHLO client.test");
-      assertEquals((await client.command("STARTTLS")).code, 220);
-      await client.startTls();
+      await client.upgrade();
       await client.startMessage("a@b.test", ["x@example.com", "y@example.com"]);
       await client.send("Subject: counted\r\n\r\nhello\r\n.\r\n");
       assertEquals((await client.reply()).code, 250);

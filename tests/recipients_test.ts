@@ -4,7 +4,7 @@
  */
 
 import { parseRecipients, RecipientsError, resolveRecipient } from "../src/delivery/recipients.ts";
-import { newFiles, readMessages, startServer, TestClient } from "./_server.ts";
+import { newFiles, readMessages, startServer, TestClient, waitForLog } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "./_assert.ts";
 
 const FILE = `# who we take mail for
@@ -135,11 +135,3 @@ Deno.test("the recipients file decides RCPT, aliases expand to one copy each, an
     await Deno.remove(root, { recursive: true });
   }
 });
-
-async function waitForLog(logs: Record<string, unknown>[], start: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if (logs.some((l) => String(l.message).startsWith(start))) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`No log line starting with ${start}`);
-}

@@ -3,7 +3,7 @@
  * dropping connections; a broken new pair keeps the old one in force.
  */
 
-import { CERTS, run, startServer, TestClient } from "./_server.ts";
+import { CERTS, run, startServer, TestClient, waitForLog } from "./_server.ts";
 import { assertEquals, assertNotEquals } from "./_assert.ts";
 
 /** The SHA-256 fingerprint of the certificate a new STARTTLS connection is shown. */
@@ -71,18 +71,6 @@ async function newLeaf(dir: string): Promise<void> {
   assertEquals(signed.code, 0, signed.stderr);
 }
 
-async function waitForLog(
-  logs: Record<string, unknown>[],
-  start: string,
-  after: number,
-): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (logs.slice(after).some((l) => String(l.message).startsWith(start))) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`No log line starting with ${start}`);
-}
-
 Deno.test("a replaced certificate is used by the next connection while existing ones go on", async () => {
   const root = await Deno.makeTempDir({ prefix: "letterbox-tls-" });
   await Deno.mkdir(`${root}/tls`);
@@ -100,9 +88,7 @@ Deno.test("a replaced certificate is used by the next connection while existing 
   const client = await TestClient.connect(server.port);
   try {
     await client.reply();
-    await client.command("EHLO client.test");
-    assertEquals((await client.command("STARTTLS")).code, 220);
-    await client.startTls();
+    await client.upgrade();
     assertEquals((await client.command("EHLO client.test")).code, 250);
     const before = await servedFingerprint(server.port);
     assertEquals(before, await fileFingerprint(await Deno.readTextFile(CERTS.cert)));
