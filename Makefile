@@ -26,6 +26,10 @@ HOOK_HOSTS ?=
 HOOK_COMMANDS ?=
 COMMA := ,
 CERT_DIR ?= /etc/letterbox
+# V8's young generation capped at 4 MiB a semi-space (the default grows to
+# 16): measured with make bench at 64 connections x 1 KiB, peak RSS 115 -> 92
+# MiB with the same throughput. Baked into the binary like the permissions.
+V8_FLAGS = --v8-flags=--max-semi-space-size=4
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
@@ -62,7 +66,7 @@ deno:
 # self-signed certificate made at start.
 run: deno
 	@mkdir -p Maildir
-	"$(DENO)" run $(RUN_PERMISSIONS) main.ts $(ARGS)
+	"$(DENO)" run $(V8_FLAGS) $(RUN_PERMISSIONS) main.ts $(ARGS)
 
 test: deno deps certs
 	"$(DENO)" fmt --check
@@ -76,7 +80,7 @@ bench: deno deps certs
 # deno compile downloads its runtime (denort) the first time; where that is not
 # reachable, point DENORT_BIN at a denort binary for Deno $(DENO_VERSION).
 build: deno
-	"$(DENO)" compile $(BUILD_PERMISSIONS) --output dist/letterbox main.ts
+	"$(DENO)" compile $(V8_FLAGS) $(BUILD_PERMISSIONS) --output dist/letterbox main.ts
 
 certs:
 	@sh certs/make-certs.sh >/dev/null

@@ -31,9 +31,13 @@ export interface RunningServer {
   readonly process: Deno.ChildProcess;
 }
 
-/** The permission flags the tests run the server with: the narrowest that work. */
+/**
+ * The flags the tests run the server with: the V8 setting `make run` and
+ * `make build` use, and the narrowest permissions that work.
+ */
 export function serverPermissions(maildirRoot: string): string[] {
   return [
+    "--v8-flags=--max-semi-space-size=4",
     "--allow-net=127.0.0.1,[::1]",
     `--allow-read=${maildirRoot},${ROOT}/certs`,
     `--allow-write=${maildirRoot}`,
