@@ -309,6 +309,9 @@ class TlsReader {
 function connDuplex(conn: Deno.TcpConn, leftover: Uint8Array | undefined): Duplex {
   let first = leftover;
   return new Duplex({
+    // The peer's end of input ends the whole stream, so that TLS sees a close
+    // (a handshake with a client that left must fail, not wait).
+    allowHalfOpen: false,
     readableHighWaterMark: TLS_READ_BYTES,
     writableHighWaterMark: TLS_READ_BYTES,
     read() {
@@ -321,7 +324,7 @@ function connDuplex(conn: Deno.TcpConn, leftover: Uint8Array | undefined): Duple
       const buffer = new Uint8Array(TLS_READ_BYTES);
       conn.read(buffer).then(
         (count) => this.push(count === null ? null : buffer.subarray(0, count)),
-        () => this.push(null),
+        (error) => this.destroy(error),
       );
     },
     write(chunk: Uint8Array, _encoding, callback) {
