@@ -219,7 +219,12 @@ export function parseConfig(
   const unknown: string[] = [];
   const parsed = parseArgs(args, {
     string: Object.values(SETTINGS).map((s) => s.flag),
-    boolean: ["help", "version", "tls", "require-tls", "proxy-protocol", "subaddress-folders"],
+    boolean: [
+      "help",
+      "version",
+      "tls",
+      ...Object.values(BOOLEAN_SETTINGS).map((s) => s.flag).filter((f) => f !== "no-tls"),
+    ],
     collect: Object.values(SETTINGS).filter((s) => s.list).map((s) => s.flag),
     negatable: ["tls"],
     // Only an explicit --no-tls turns TLS off.
@@ -276,10 +281,8 @@ export function parseConfig(
 
   const flag = (key: keyof typeof BOOLEAN_SETTINGS): boolean => {
     const setting = BOOLEAN_SETTINGS[key];
-    if (key === "noTls" && parsed.tls === false) return true;
-    if (key === "requireTls" && parsed["require-tls"] === true) return true;
-    if (key === "proxyProtocol" && parsed["proxy-protocol"] === true) return true;
-    if (key === "subaddressFolders" && parsed["subaddress-folders"] === true) return true;
+    // --no-tls is the parser's negation of --tls; every other switch is itself.
+    if (key === "noTls" ? parsed.tls === false : parsed[setting.flag] === true) return true;
     const raw = env(setting.env);
     if (raw === undefined || raw === "" || raw === "0" || raw.toLowerCase() === "false") {
       return false;

@@ -387,8 +387,10 @@ export class Connection {
 }
 
 // Commands are logged without their arguments past a bound, and never raw.
+const logDecoder = new TextDecoder();
+
 function commandForLog(line: Uint8Array): string {
-  return new TextDecoder().decode(line.subarray(0, 100));
+  return logDecoder.decode(line.subarray(0, 100));
 }
 
 function describe(error: unknown): string {

@@ -59,8 +59,6 @@ export const LIMITS = {
   maxMimeNesting: 32,
   /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
   tlsHandshakeTimeout: 30_000,
-  /** Write buffer above which we wait for the client to read (backpressure). */
-  maxPendingWrite: 65_536,
 } as const;
 
 /** The names of the limits above. */

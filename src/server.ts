@@ -52,11 +52,6 @@ export class Server {
     this.#log = options.log;
   }
 
-  /** Connections open now. */
-  get connectionCount(): number {
-    return this.#connections.size;
-  }
-
   /** Opens every listener; throws {@link ConfigError} when one cannot be opened. */
   start(specs: readonly ListenerSpec[]): ListenAddress[] {
     const bound: ListenAddress[] = [];
