@@ -57,6 +57,12 @@ export const LIMITS = {
   maxInspectedHeaderBytes: 262_144,
   /** MIME nesting postal-mime follows before it stops (its maxNestingDepth option). */
   maxMimeNesting: 32,
+  /**
+   * Octets gathered in memory before a write to a message file: one write per
+   * 128 KiB instead of one per network read (16 KiB), and one for most whole
+   * messages with their trace headers. 64 deliveries at once hold 8 MiB for it.
+   */
+  deliveryWriteBuffer: 131_072,
   /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
   tlsHandshakeTimeout: 30_000,
 } as const;

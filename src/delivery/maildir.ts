@@ -6,6 +6,8 @@
  * @module
  */
 
+import { LIMITS } from "../limits.ts";
+
 const DIRECTORY_MODE = 0o700;
 const FILE_MODE = 0o600;
 const LF = 0x0a;
@@ -49,6 +51,8 @@ export class MaildirFile {
   readonly #dir: string;
   readonly #base: string;
   readonly #file: Deno.FsFile;
+  #buffer = EMPTY;
+  #buffered = 0;
   #size = 0;
   #lines = 0;
   #closed = false;
@@ -82,7 +86,11 @@ export class MaildirFile {
     return `${this.#dir}/tmp/${this.#base}`;
   }
 
-  /** Appends bytes; counts them and their LFs for the `S=` and `W=` name fields. */
+  /**
+   * Appends bytes; counts them and their LFs for the `S=` and `W=` name
+   * fields. Bytes are gathered up to {@link LIMITS.deliveryWriteBuffer} and
+   * written in one go; {@link commit} writes the rest.
+   */
   async write(bytes: Uint8Array): Promise<void> {
     let lines = 0;
     let at = bytes.indexOf(LF);
@@ -90,10 +98,32 @@ export class MaildirFile {
       lines++;
       at = bytes.indexOf(LF, at + 1);
     }
-    let offset = 0;
-    while (offset < bytes.length) offset += await this.#file.write(bytes.subarray(offset));
     this.#size += bytes.length;
     this.#lines += lines;
+    if (this.#buffered + bytes.length > LIMITS.deliveryWriteBuffer) await this.#flush();
+    if (bytes.length >= LIMITS.deliveryWriteBuffer) {
+      await writeAll(this.#file, bytes);
+      return;
+    }
+    const needed = this.#buffered + bytes.length;
+    if (needed > this.#buffer.length) {
+      // Grown as needed, so that a 1 KiB message does not cost 128 KiB.
+      const grown = new Uint8Array(
+        Math.min(LIMITS.deliveryWriteBuffer, Math.max(4096, needed * 2)),
+      );
+      grown.set(this.#buffer.subarray(0, this.#buffered));
+      this.#buffer = grown;
+    }
+    // A copy: the caller may reuse its buffer for the next read.
+    this.#buffer.set(bytes, this.#buffered);
+    this.#buffered += bytes.length;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#buffered === 0) return;
+    const held = this.#buffer.subarray(0, this.#buffered);
+    this.#buffered = 0;
+    await writeAll(this.#file, held);
   }
 
   /**
@@ -102,6 +132,8 @@ export class MaildirFile {
    * path. The caller syncs `new/` itself, so that copies can share one sync.
    */
   async commit(): Promise<string> {
+    await this.#flush();
+    this.#buffer = EMPTY;
     // fdatasync: the data and the size needed to read it back, without
     // timestamps; enough for a file that is renamed and its directory synced.
     await this.#file.syncData();
@@ -115,6 +147,8 @@ export class MaildirFile {
 
   /** Closes and removes the file from `tmp/`; never throws. */
   async discard(): Promise<void> {
+    this.#buffer = EMPTY;
+    this.#buffered = 0;
     if (!this.#closed) {
       this.#closed = true;
       try {
@@ -123,6 +157,13 @@ export class MaildirFile {
     }
     await Deno.remove(this.tmpPath).catch(() => {});
   }
+}
+
+const EMPTY = new Uint8Array(0);
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) offset += await file.write(bytes.subarray(offset));
 }
 
 // At most this many fsyncs of one directory run at once. Below it a caller
