@@ -59,18 +59,21 @@ const enum DataState {
  */
 export class DataDecoder {
   #state = DataState.LineStart;
-  #output = new Uint8Array(16_384);
 
   /**
-   * Decodes one chunk. The returned output is a view into a buffer that the
-   * next call reuses: consume or copy it first. `end` is the offset in `chunk`
-   * just past the end marker, or -1 when the message goes on.
+   * Decodes one chunk in place: the output overwrites the chunk from its
+   * start (it is never longer than what it came from), so no bytes are copied
+   * to another buffer and no view is made per line. The chunk's octets past
+   * `end` are left as they were. `end` is the offset in `chunk` just past the
+   * end marker, or -1 when the message goes on.
    */
   decode(chunk: Uint8Array): { output: Uint8Array; end: number } {
-    if (this.#output.length < chunk.length + 1) {
-      this.#output = new Uint8Array(Math.max(chunk.length + 1, this.#output.length * 2));
-    }
-    const out = this.#output;
+    // A CR held from the previous chunk and then found to be bare content is
+    // one octet more than this chunk holds so far: that rare chunk is decoded
+    // into a copy instead.
+    const out = this.#state === DataState.HeldCr || this.#state === DataState.HeldDotCr
+      ? new Uint8Array(chunk.length + 1)
+      : chunk;
     let written = 0;
     let start = 0; // first byte of `chunk` not yet copied or dropped
     let state = this.#state;
@@ -89,16 +92,14 @@ export class DataDecoder {
             }
             i = cr;
           }
-          out.set(chunk.subarray(start, i), written);
-          written += i - start;
+          written = move(chunk, start, i, out, written);
           start = i + 1;
           state = DataState.HeldCr;
           break;
         }
         case DataState.LineStart:
           if (byte === DOT || byte === CR) {
-            out.set(chunk.subarray(start, i), written);
-            written += i - start;
+            written = move(chunk, start, i, out, written);
             start = i + 1;
             state = byte === DOT ? DataState.HeldDot : DataState.HeldCr;
           } else {
@@ -148,8 +149,7 @@ export class DataDecoder {
       }
     }
     if (state === DataState.Middle || state === DataState.LineStart) {
-      out.set(chunk.subarray(start, length), written);
-      written += length - start;
+      written = move(chunk, start, length, out, written);
     }
     this.#state = state;
     return { output: out.subarray(0, written), end: -1 };
@@ -251,6 +251,15 @@ export class LineReader {
       if (end !== -1) return { kind: "end", wireBytes: wireBytes - 3, tooBig };
     }
   }
+}
+
+// Copies chunk[from, to) to out[at...] and returns the new output length. In
+// place (out === chunk) the output never overtakes the input, so the copy is
+// a memmove within the chunk, skipped while nothing has been dropped yet.
+function move(chunk: Uint8Array, from: number, to: number, out: Uint8Array, at: number): number {
+  if (out !== chunk) out.set(chunk.subarray(from, to), at);
+  else if (at !== from) chunk.copyWithin(at, from, to);
+  return at + to - from;
 }
 
 function concat(parts: Uint8Array[], length: number): Uint8Array {
