@@ -255,6 +255,7 @@ export class Connection {
     const prefix = new MessagePrefix();
     transport.deadline = Date.now() + this.#options.dataTimeout;
     transport.idleTimeout = LIMITS.dataReadGap;
+    transport.bulk = true;
     let outcome: DataOutcome;
     let size = 0;
     let endOfData = 0;
@@ -297,6 +298,7 @@ export class Connection {
     } finally {
       this.#inData = false;
       transport.idleTimeout = Infinity;
+      transport.bulk = false;
     }
     if (failure !== undefined) {
       if (isStorageFull(failure)) outcome = { kind: "storage-full" };
