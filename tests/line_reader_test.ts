@@ -123,3 +123,19 @@ Deno.test("DataDecoder keeps bytes exact, NUL and 8-bit included", () => {
   assertEquals([...output], [0x00, 0xff, 0xc3, 0xa9, 0x0a]);
   assertEquals(end, 9);
 });
+
+Deno.test("DataDecoder keeps a CR held across chunks that turns out bare, in place or not", () => {
+  const encoder = new TextEncoder();
+  const decoder = new DataDecoder();
+  const pieces = ["line one\r\nends in CR\r", "bare\r\n.\r", "x\r\n.\r\n"];
+  const outputs = pieces.map((piece) => {
+    const { output, end } = decoder.decode(encoder.encode(piece));
+    return { text: new TextDecoder().decode(output), end };
+  });
+  assertEquals(outputs, [
+    { text: "line one\nends in CR", end: -1 },
+    { text: "\rbare\n", end: -1 },
+    // ".<CR>x": a stuffed line that starts with a bare CR.
+    { text: "\rx\n", end: 6 },
+  ]);
+});
