@@ -26,13 +26,21 @@ export interface MessageSummary {
 }
 
 /**
- * Keeps the first {@link LIMITS.maxInspectedBytes} octets of a message as it
- * streams past, so that memory stays bounded whatever the message size.
+ * Keeps what {@link inspectMessage} needs of a message as it streams past:
+ * the header block, and for a multipart message the first
+ * {@link LIMITS.maxInspectedBytes} octets, so that memory stays bounded
+ * whatever the message size. For any other message the header says all
+ * there is to say, and its body is not copied.
  */
 export class MessagePrefix {
   #parts: Uint8Array[] = [];
   #kept = 0;
   #truncated = false;
+  // After the header of a message that is not multipart: nothing more to keep.
+  #headerOnly = false;
+  #inHeader = true;
+  // The message starts as if after a line end: an empty first line is an empty header.
+  #lastWasLf = true;
   readonly #limit: number;
 
   /** Creates a prefix that keeps at most `limit` octets. */
@@ -40,17 +48,24 @@ export class MessagePrefix {
     this.#limit = limit;
   }
 
-  /** Copies what fits of `content` (the caller may reuse its buffer). */
+  /** Copies what is needed of `content` (the caller may reuse its buffer). */
   add(content: Uint8Array): void {
-    const room = this.#limit - this.#kept;
-    if (content.length > room) this.#truncated = true;
-    if (room <= 0) return;
-    const part = content.slice(0, room);
-    this.#parts.push(part);
-    this.#kept += part.length;
+    if (this.#headerOnly || content.length === 0) return;
+    let wanted = content;
+    const end = this.#inHeader ? this.#headerEnd(content) : -1;
+    if (end !== -1) {
+      this.#inHeader = false;
+      this.#keep(content.subarray(0, end));
+      if (!MULTIPART.test(headerDecoder.decode(this.bytes()))) {
+        this.#headerOnly = true;
+        return;
+      }
+      wanted = content.subarray(end);
+    }
+    this.#keep(wanted);
   }
 
-  /** True when the message was longer than the prefix. */
+  /** True when the message was longer than the prefix it needed. */
   get truncated(): boolean {
     return this.#truncated;
   }
@@ -64,7 +79,27 @@ export class MessagePrefix {
       result.set(part, offset);
       offset += part.length;
     }
+    this.#parts = [result];
     return result;
+  }
+
+  #keep(content: Uint8Array): void {
+    const room = this.#limit - this.#kept;
+    if (content.length > room) this.#truncated = true;
+    if (room <= 0 || content.length === 0) return;
+    const part = content.slice(0, room);
+    this.#parts.push(part);
+    this.#kept += part.length;
+  }
+
+  // The offset just past the empty line that ends the header, or -1.
+  #headerEnd(content: Uint8Array): number {
+    if (this.#lastWasLf && content[0] === LF) return 1;
+    this.#lastWasLf = content[content.length - 1] === LF;
+    for (let at = content.indexOf(LF); at !== -1; at = content.indexOf(LF, at + 1)) {
+      if (content[at + 1] === LF) return at + 2;
+    }
+    return -1;
   }
 }
 

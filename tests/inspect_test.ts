@@ -61,6 +61,24 @@ Deno.test("MessagePrefix keeps at most its limit and says it truncated", () => {
   assert(prefix.truncated);
 });
 
+Deno.test("MessagePrefix keeps only the header of a message that is not multipart", () => {
+  const text = new MessagePrefix();
+  // The empty line falls across two chunks.
+  text.add(encode("Subject: hi\nContent-Type: text/plain\n"));
+  text.add(encode("\nbody line\n"));
+  text.add(encode("x".repeat(100_000)));
+  assertEquals(new TextDecoder().decode(text.bytes()), "Subject: hi\nContent-Type: text/plain\n\n");
+  assert(!text.truncated);
+
+  const mixed = new MessagePrefix();
+  mixed.add(encode('Content-Type: multipart/mixed; boundary="b"\n\n--b\n'));
+  mixed.add(encode("part\n--b--\n"));
+  assertEquals(
+    new TextDecoder().decode(mixed.bytes()),
+    'Content-Type: multipart/mixed; boundary="b"\n\n--b\npart\n--b--\n',
+  );
+});
+
 Deno.test("syncDirectoryShared() starts syncs at once up to its limit, then shares one", async () => {
   const dir = await Deno.makeTempDir();
   const calls = Array.from({ length: 8 }, () => syncDirectoryShared(dir));
