@@ -105,15 +105,7 @@ export class MaildirFile {
       await writeAll(this.#file, bytes);
       return;
     }
-    const needed = this.#buffered + bytes.length;
-    if (needed > this.#buffer.length) {
-      // Grown as needed, so that a 1 KiB message does not cost 128 KiB.
-      const grown = new Uint8Array(
-        Math.min(LIMITS.deliveryWriteBuffer, Math.max(4096, needed * 2)),
-      );
-      grown.set(this.#buffer.subarray(0, this.#buffered));
-      this.#buffer = grown;
-    }
+    if (this.#buffer.length === 0) this.#buffer = takeBuffer();
     // A copy: the caller may reuse its buffer for the next read.
     this.#buffer.set(bytes, this.#buffered);
     this.#buffered += bytes.length;
@@ -133,6 +125,7 @@ export class MaildirFile {
    */
   async commit(): Promise<string> {
     await this.#flush();
+    giveBack(this.#buffer);
     this.#buffer = EMPTY;
     // fdatasync: the data and the size needed to read it back, without
     // timestamps; enough for a file that is renamed and its directory synced.
@@ -147,6 +140,7 @@ export class MaildirFile {
 
   /** Closes and removes the file from `tmp/`; never throws. */
   async discard(): Promise<void> {
+    giveBack(this.#buffer);
     this.#buffer = EMPTY;
     this.#buffered = 0;
     if (!this.#closed) {
@@ -159,7 +153,23 @@ export class MaildirFile {
   }
 }
 
-const EMPTY = new Uint8Array(0);
+const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
+// Write buffers go back to a pool when their message is written, instead of
+// one new buffer (and its garbage) per message; the pages of a spare buffer
+// that small messages never reached are never touched, so they cost no RSS.
+const spareBuffers: Uint8Array<ArrayBuffer>[] = [];
+const MAX_SPARE_BUFFERS = 64;
+
+function takeBuffer(): Uint8Array<ArrayBuffer> {
+  return spareBuffers.pop() ?? new Uint8Array(LIMITS.deliveryWriteBuffer);
+}
+
+function giveBack(buffer: Uint8Array<ArrayBuffer>): void {
+  if (buffer.length === LIMITS.deliveryWriteBuffer && spareBuffers.length < MAX_SPARE_BUFFERS) {
+    spareBuffers.push(buffer);
+  }
+}
 
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   let offset = 0;
