@@ -231,9 +231,13 @@ class TlsReader {
   constructor(socket: tls.TLSSocket) {
     this.#socket = socket;
     socket.pause();
-    socket.on("data", (chunk: Uint8Array) => {
+    socket.on("data", (buffer: Uint8Array) => {
       if (this.#closing) return;
       socket.pause();
+      // A plain view of the Buffer: Buffer's own indexOf (Deno's Node layer,
+      // in JavaScript) was 8% of the time at 64 x 64 KiB with STARTTLS; the
+      // Uint8Array one is native.
+      const chunk = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
       const waiter = this.#waiter;
       this.#settle();
       if (waiter) waiter(chunk);
