@@ -391,12 +391,32 @@ const machine = {
       "unknown").trim(),
   kernel: Deno.osRelease(),
   deno: Deno.version.deno,
-  filesystem: await new Deno.Command("df", { args: ["-T", work], stdout: "piped" }).output().then((
-    o,
-  ) => decoder.decode(o.stdout).split("\n")[1]?.split(/\s+/)[1] ?? "unknown"),
+  ...await filesystemOf(work),
 };
+
+/**
+ * The file system under `dir`, and for ext4 whether it has a journal: without
+ * one, an fsync of a new file also writes its directory, and concurrent
+ * fsyncs are not merged into journal commits, which changes what durable
+ * delivery costs.
+ */
+async function filesystemOf(dir: string): Promise<{ filesystem: string; journal?: string }> {
+  const output = await new Deno.Command("df", { args: ["-T", dir], stdout: "piped" }).output();
+  const [device, filesystem = "unknown"] = decoder.decode(output.stdout).split("\n")[1]?.split(
+    /\s+/,
+  ) ?? [];
+  if (filesystem !== "ext4" || !device) return { filesystem };
+  const task = await Deno.readTextFile(`/sys/fs/ext4/${device.split("/").pop()}/journal_task`)
+    .catch(() => undefined);
+  return {
+    filesystem,
+    journal: task === undefined ? "unknown" : task.trim() === "<none>" ? "none" : "jbd2",
+  };
+}
 console.log(
-  `Letterbox benchmark: ${ROUNDS} rounds of ${SECONDS} s slices a cell, ${machine.cpus} CPUs (${machine.cpu}), ${machine.filesystem}, Deno ${machine.deno}`,
+  `Letterbox benchmark: ${ROUNDS} rounds of ${SECONDS} s slices a cell, ${machine.cpus} CPUs (${machine.cpu}), ${machine.filesystem}${
+    machine.journal ? ` (journal: ${machine.journal})` : ""
+  }, Deno ${machine.deno}`,
 );
 
 interface Row {
