@@ -261,13 +261,13 @@ export class Connection {
     let endOfData = 0;
     let wireBytes = 0;
     try {
-      const result = await this.#reader.readData(async (content) => {
+      const result = await this.#reader.readData(async (content, lines) => {
         prefix.add(content);
         size += content.length;
         if (delivery && failure === undefined) {
           // A failed write ends storing, not reading: the client still gets
           // its reply after the end of data.
-          await delivery.write(content).catch((error) => failure = error);
+          await delivery.write(content, lines).catch((error) => failure = error);
         }
       }, this.#options.session.maxMessageSize);
       endOfData = performance.now();

@@ -42,7 +42,7 @@ const enum DataState {
   LineStart,
   /** Inside a line. */
   Middle,
-  /** A CR was seen inside a line and is held back until we know whether LF follows. */
+  /** A chunk ended in CR, held back until the next one says whether LF follows. */
   HeldCr,
   /** A line began with `.`, held back: it is either stuffing or the end marker. */
   HeldDot,
@@ -65,9 +65,10 @@ export class DataDecoder {
    * start (it is never longer than what it came from), so no bytes are copied
    * to another buffer and no view is made per line. The chunk's octets past
    * `end` are left as they were. `end` is the offset in `chunk` just past the
-   * end marker, or -1 when the message goes on.
+   * end marker, or -1 when the message goes on; `lines` counts the LFs in the
+   * output (what a Maildir name's `W=` needs), so nobody scans it again.
    */
-  decode(chunk: Uint8Array): { output: Uint8Array; end: number } {
+  decode(chunk: Uint8Array): { output: Uint8Array; end: number; lines: number } {
     // A CR held from the previous chunk and then found to be bare content is
     // one octet more than this chunk holds so far: that rare chunk is decoded
     // into a copy instead.
@@ -76,55 +77,64 @@ export class DataDecoder {
       : chunk;
     let written = 0;
     let start = 0; // first byte of `chunk` not yet copied or dropped
+    let lines = 0;
     let state = this.#state;
     const length = chunk.length;
-    for (let i = 0; i < length; i++) {
-      const byte = chunk[i];
+    let i = 0;
+    while (i < length) {
       switch (state) {
         case DataState.Middle: {
-          if (byte !== CR) {
-            // Jump to the next CR with a native search instead of a byte at a
-            // time: the content between line ends is copied as it is.
-            const cr = chunk.indexOf(CR, i + 1);
-            if (cr === -1) {
-              i = length;
-              break;
+          // Jump to the next LF with a native search instead of a byte at a
+          // time: the content between line ends is copied as it is.
+          const lf = chunk.indexOf(LF, i);
+          if (lf === -1) {
+            if (chunk[length - 1] === CR) {
+              // Perhaps the first half of a CRLF: held until the next chunk.
+              written = move(chunk, start, length - 1, out, written);
+              start = length;
+              state = DataState.HeldCr;
             }
-            i = cr;
+            i = length;
+            break;
           }
-          written = move(chunk, start, i, out, written);
-          start = i + 1;
-          state = DataState.HeldCr;
+          lines++;
+          if (lf > start && chunk[lf - 1] === CR) {
+            // CRLF becomes LF: the CR is dropped, the LF is copied with what follows.
+            written = move(chunk, start, lf - 1, out, written);
+            start = lf;
+            state = DataState.LineStart;
+          } // else a bare LF: content, and not the end of a line.
+          i = lf + 1;
           break;
         }
         case DataState.LineStart:
-          if (byte === DOT || byte === CR) {
+          if (chunk[i] === DOT) {
             written = move(chunk, start, i, out, written);
             start = i + 1;
-            state = byte === DOT ? DataState.HeldDot : DataState.HeldCr;
+            state = DataState.HeldDot;
+            i++;
           } else {
             state = DataState.Middle;
           }
           break;
         case DataState.HeldCr:
-          if (byte === LF) {
-            // CRLF becomes LF: the held CR is dropped, the LF is copied later.
+          // Only at the start of a chunk: the previous one ended in CR.
+          if (chunk[i] === LF) {
+            lines++;
             start = i;
             state = DataState.LineStart;
+            i++;
           } else {
             out[written++] = CR; // a bare CR is content
-            if (byte === CR) {
-              start = i + 1;
-            } else {
-              start = i;
-              state = DataState.Middle;
-            }
+            start = i;
+            state = DataState.Middle;
           }
           break;
         case DataState.HeldDot:
-          if (byte === CR) {
+          if (chunk[i] === CR) {
             start = i + 1;
             state = DataState.HeldDotCr;
+            i++;
           } else {
             // Dot-stuffing: the held dot is dropped, the rest of the line is content.
             start = i;
@@ -132,19 +142,14 @@ export class DataDecoder {
           }
           break;
         case DataState.HeldDotCr:
-          if (byte === LF) {
+          if (chunk[i] === LF) {
             this.#state = DataState.LineStart;
-            return { output: out.subarray(0, written), end: i + 1 };
+            return { output: out.subarray(0, written), end: i + 1, lines };
           }
           // ".<CR>x" is a stuffed line holding a bare CR: drop the dot, keep the CR.
           out[written++] = CR;
-          if (byte === CR) {
-            start = i + 1;
-            state = DataState.HeldCr;
-          } else {
-            start = i;
-            state = DataState.Middle;
-          }
+          start = i;
+          state = DataState.Middle;
           break;
       }
     }
@@ -152,7 +157,7 @@ export class DataDecoder {
       written = move(chunk, start, length, out, written);
     }
     this.#state = state;
-    return { output: out.subarray(0, written), end: -1 };
+    return { output: out.subarray(0, written), end: -1, lines };
   }
 }
 
@@ -229,7 +234,7 @@ export class LineReader {
    * client still gets a reply at the end (RFC 1870 section 6.3).
    */
   async readData(
-    sink: (content: Uint8Array) => Promise<void> | void,
+    sink: (content: Uint8Array, lines: number) => Promise<void> | void,
     maxBytes: number,
   ): Promise<DataResult> {
     const decoder = new DataDecoder();
@@ -242,12 +247,12 @@ export class LineReader {
         this.#pending = chunk;
       }
       const chunk = this.#pending;
-      const { output, end } = decoder.decode(chunk);
+      const { output, end, lines } = decoder.decode(chunk);
       const consumed = end === -1 ? chunk.length : end;
       this.#pending = end === -1 ? EMPTY : chunk.subarray(end);
       wireBytes += consumed;
       if (!tooBig && wireBytes > maxBytes + 3) tooBig = true;
-      if (!tooBig && output.length > 0) await sink(output);
+      if (!tooBig && output.length > 0) await sink(output, lines);
       if (end !== -1) return { kind: "end", wireBytes: wireBytes - 3, tooBig };
     }
   }

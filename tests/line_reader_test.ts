@@ -139,3 +139,62 @@ Deno.test("DataDecoder keeps a CR held across chunks that turns out bare, in pla
     { text: "\rx\n", end: 6 },
   ]);
 });
+
+// Byte at a time, as RFC 5321 reads: the reference for the decoder's jumps.
+function referenceDecode(bytes: Uint8Array): { output: number[]; end: number } {
+  const output: number[] = [];
+  let lineStart = true;
+  for (let i = 0; i < bytes.length; i++) {
+    if (lineStart && bytes[i] === 0x2e) {
+      if (bytes[i + 1] === 0x0d && bytes[i + 2] === 0x0a) return { output, end: i + 3 };
+      i++; // the stuffing dot
+      if (i === bytes.length) break;
+    }
+    lineStart = false;
+    if (bytes[i] === 0x0d && bytes[i + 1] === 0x0a) {
+      output.push(0x0a);
+      i++;
+      lineStart = true;
+    } else {
+      output.push(bytes[i]);
+    }
+  }
+  return { output, end: -1 };
+}
+
+Deno.test("DataDecoder matches a byte-at-a-time decoder on random input in random chunks, lines included", () => {
+  let seed = 5321;
+  const random = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
+    return (seed >>> 16) % n;
+  };
+  const alphabet = [0x61, 0x0d, 0x0a, 0x2e];
+  for (let round = 0; round < 3000; round++) {
+    const input = Uint8Array.from({ length: random(40) }, () => alphabet[random(4)]);
+    const expected = referenceDecode(input);
+    const decoder = new DataDecoder();
+    const output: number[] = [];
+    let lines = 0;
+    let offset = 0;
+    let end = -1;
+    while (offset < input.length && end === -1) {
+      const size = 1 + random(8);
+      // A copy: the decoder works in place.
+      const chunk = input.slice(offset, offset + size);
+      const result = decoder.decode(chunk);
+      output.push(...result.output);
+      lines += result.lines;
+      end = result.end === -1 ? -1 : offset + result.end;
+      offset += chunk.length;
+    }
+    const what = JSON.stringify([...input]);
+    assertEquals(end, expected.end, what);
+    if (end !== -1) {
+      assertEquals(output, expected.output, what);
+    } else {
+      // A CR or dot still held back at the end is not output yet.
+      assertEquals(output, expected.output.slice(0, output.length), what);
+    }
+    assertEquals(lines, output.filter((byte) => byte === 0x0a).length, what);
+  }
+});

@@ -69,6 +69,9 @@ Deno.test("dot-stuffed lines, 8-bit bytes and NUL round-trip byte-exact", async 
     ]);
     const content = stored.subarray(stored.length - expected.length);
     assertEquals([...content], [...expected]);
+    // The name's sizes: S= the file, W= with every LF (bare ones too) as CRLF.
+    const lfs = stored.filter((byte) => byte === 0x0a).length;
+    assert(name.endsWith(`,S=${stored.length},W=${stored.length + lfs}`), name);
     assertStringIncludes(
       new TextDecoder().decode(stored.subarray(0, stored.length - expected.length)),
       "with ESMTP id",

@@ -50,8 +50,8 @@ export interface StoredCopy {
 
 /** A message being stored. Exactly one of `commit` or `abort` ends it. */
 export interface DeliveryTransaction {
-  /** Appends decoded message content (LF line ends). */
-  write(content: Uint8Array): Promise<void>;
+  /** Appends decoded message content (LF line ends), holding `lines` LFs when known. */
+  write(content: Uint8Array, lines?: number): Promise<void>;
   /** Makes every copy durable; resolves only when each is synced and in `new/`. */
   commit(): Promise<StoredCopy[]>;
   /** Discards everything written; leaves nothing behind. Never throws. */

@@ -80,9 +80,9 @@ class LocalTransaction implements DeliveryTransaction {
     this.#copies = copies;
   }
 
-  async write(content: Uint8Array): Promise<void> {
-    if (this.#copies.length === 1) return await this.#copies[0].file!.write(content);
-    await Promise.all(this.#copies.map((copy) => copy.file!.write(content)));
+  async write(content: Uint8Array, lines?: number): Promise<void> {
+    if (this.#copies.length === 1) return await this.#copies[0].file!.write(content, lines);
+    await Promise.all(this.#copies.map((copy) => copy.file!.write(content, lines)));
   }
 
   async commit(): Promise<StoredCopy[]> {

@@ -87,17 +87,12 @@ export class MaildirFile {
   }
 
   /**
-   * Appends bytes; counts them and their LFs for the `S=` and `W=` name
-   * fields. Bytes are gathered up to {@link LIMITS.deliveryWriteBuffer} and
-   * written in one go; {@link commit} writes the rest.
+   * Appends bytes holding `lines` LFs (counted here when not given) for the
+   * `S=` and `W=` name fields. Bytes are gathered up to
+   * {@link LIMITS.deliveryWriteBuffer} and written in one go; {@link commit}
+   * writes the rest.
    */
-  async write(bytes: Uint8Array): Promise<void> {
-    let lines = 0;
-    let at = bytes.indexOf(LF);
-    while (at !== -1) {
-      lines++;
-      at = bytes.indexOf(LF, at + 1);
-    }
+  async write(bytes: Uint8Array, lines: number = countLines(bytes)): Promise<void> {
     this.#size += bytes.length;
     this.#lines += lines;
     if (this.#buffered + bytes.length > LIMITS.deliveryWriteBuffer) await this.#flush();
@@ -154,6 +149,12 @@ export class MaildirFile {
 }
 
 const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
+function countLines(bytes: Uint8Array): number {
+  let lines = 0;
+  for (let at = bytes.indexOf(LF); at !== -1; at = bytes.indexOf(LF, at + 1)) lines++;
+  return lines;
+}
 
 // Write buffers go back to a pool when their message is written, instead of
 // one new buffer (and its garbage) per message; the pages of a spare buffer
