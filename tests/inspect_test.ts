@@ -1,3 +1,4 @@
+import PostalMime from "postal-mime";
 import { headerBlock, inspectMessage, MessagePrefix } from "../src/inspect.ts";
 import { syncDirectoryShared } from "../src/delivery/maildir.ts";
 import { assert, assertEquals } from "./_assert.ts";
@@ -36,6 +37,30 @@ Deno.test("inspectMessage() counts a single-part attachment from the header alon
     'Subject: one\nContent-Type: application/zip\nContent-Disposition: attachment; filename="z.zip"\n\nUEsDBA==\n',
   );
   assertEquals((await inspectMessage(raw, false)).attachments, 1);
+});
+
+Deno.test("inspectMessage() summarises single-part headers as postal-mime does", async () => {
+  const headers = [
+    "Subject: =?UTF-8?Q?caf=C3=A9?=\n =?UTF-8?B?IGJhcg==?=\nFrom: =?UTF-8?Q?B=C3=B6b?= <bob@b.test>\n",
+    "Message-ID:\n <folded@b.test>\nFrom: undisclosed:;\nContent-Type: TEXT/HTML; charset=utf-8\n",
+    "From: a@b.test, c@d.test\nContent-Type: text/calendar; method=REQUEST\n",
+    "Content-Type: application/pdf\nContent-Disposition: inline\n",
+    "Content-Type: message/rfc822\n",
+    "Content-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n",
+    "Subject: plain ascii\nX-Other: 1\nContent-Type:\n",
+  ];
+  for (const header of headers) {
+    const raw = encode(`${header}\nbody\n`);
+    const email = await PostalMime.parse(raw);
+    const summary = await inspectMessage(raw, false);
+    assertEquals(summary, {
+      messageId: email.messageId,
+      subject: email.subject,
+      from: email.from && "address" in email.from ? email.from.address : undefined,
+      attachments: email.attachments.length,
+      truncated: false,
+    }, header);
+  }
 });
 
 Deno.test("inspectMessage() never throws, whatever the input", async () => {
