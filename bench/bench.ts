@@ -291,7 +291,7 @@ async function startLetterbox(maildir: string): Promise<Started> {
   const args = [
     "run",
     // The V8 flags make run and make build use, unless an experiment says otherwise.
-    `--v8-flags=${flags["server-v8-flags"] ?? "--max-semi-space-size=4"}`,
+    `--v8-flags=${flags["server-v8-flags"] ?? "--max-semi-space-size=4,--max-old-space-size=1024"}`,
     "--allow-net=127.0.0.1",
     `--allow-read=${maildir},${ROOT}/certs`,
     `--allow-write=${maildir}`,

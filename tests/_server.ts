@@ -37,7 +37,7 @@ export interface RunningServer {
  */
 export function serverPermissions(maildirRoot: string): string[] {
   return [
-    "--v8-flags=--max-semi-space-size=4",
+    "--v8-flags=--max-semi-space-size=4,--max-old-space-size=1024",
     "--allow-net=127.0.0.1,[::1]",
     `--allow-read=${maildirRoot},${ROOT}/certs`,
     `--allow-write=${maildirRoot}`,
