@@ -11,7 +11,7 @@
  * several rounds, and reports each ratio as the median of the ratios within
  * a round: neighbours in time, not best against best.
  *
- * Usage: deno run -A bench/bench.ts [--seconds 2] [--rounds 3] [--quick]
+ * Usage: deno run -A bench/bench.ts [--seconds 2] [--rounds 5] [--quick]
  *        [--only CxS] [--out FILE]
  *
  * @module
@@ -26,7 +26,7 @@ const parseArgs = untypedParseArgs as (
 const flags = parseArgs(Deno.args, {
   string: ["seconds", "rounds", "out", "only", "server-v8-flags"],
   boolean: ["quick"],
-  default: { seconds: "2", rounds: "3" },
+  default: { seconds: "2", rounds: "5" },
 });
 // --only 64x1024 limits the run to one cell (connections x size), for experiments.
 const ONLY = flags.only as string | undefined;
@@ -435,6 +435,10 @@ interface Row {
   diskCeiling: number;
   /** The median over rounds of Letterbox / disk loop within the round. */
   diskRatio: number;
+  /** Each round's ratio, to show the spread. */
+  diskRatios: number[];
+  /** Each slice's rate, Letterbox's and the disk loop's, round by round. */
+  slices: { letterbox: number[]; disk: number[] };
   sinkCeiling?: number;
   sinkRatio?: number;
   /** Server CPU time per message in ms, over every slice; the disk loop's own beside it. */
@@ -452,8 +456,9 @@ const median = (values: number[]) => {
 const cpuPerMessage = (runs: LoadResult[]) =>
   runs.reduce((ms, run) => ms + (run.cpuMs ?? 0), 0) /
   Math.max(1, runs.reduce((n, run) => n + run.messages, 0));
-const pairedRatio = (mine: LoadResult[], theirs: LoadResult[]) =>
-  median(mine.map((result, round) => rate(result) / rate(theirs[round])));
+const roundRatios = (mine: LoadResult[], theirs: LoadResult[]) =>
+  mine.map((result, round) => rate(result) / rate(theirs[round]));
+const pairedRatio = (mine: LoadResult[], theirs: LoadResult[]) => median(roundRatios(mine, theirs));
 
 /**
  * Removes what the cells wrote, then waits out ext4's window for recently
@@ -472,6 +477,9 @@ async function clearCells(dir: string): Promise<void> {
 
 const rows: Row[] = [];
 const cells = `${work}/cells`;
+// Whatever was deleted just before this run (another run's files, say) would
+// slow file creation for its first seconds: written back and waited out.
+await clearCells(cells);
 for (const size of SIZES) {
   for (const connections of CONCURRENCY) {
     if (ONLY && ONLY !== `${connections}x${size}`) continue;
@@ -485,6 +493,14 @@ for (const size of SIZES) {
     };
     const modes: Mode[] = sink ? ["disk", "plain", "tls", "sink"] : ["disk", "plain", "tls"];
     const results: Record<Mode, LoadResult[]> = { disk: [], plain: [], tls: [], sink: [] };
+    // One unmeasured second of each first: fresh servers compile their hot
+    // paths, and fresh directories grow their first blocks (the first
+    // thousands of files in a new directory went at a third of the rate).
+    await diskLoad(`${cell}/disk`, connections, size, 1);
+    await smtpLoad(servers.plain.port, connections, size, false, 1);
+    await smtpLoad(servers.tls.port, connections, size, true, 1);
+    if (sink) await smtpLoad(sink.port, connections, size, false, 1);
+    await new Deno.Command("sync").output();
     for (let round = 0; round < ROUNDS; round++) {
       // The order turns each round, so that no mode always follows the disk loop's flushes.
       for (let k = 0; k < modes.length; k++) {
@@ -501,6 +517,11 @@ for (const size of SIZES) {
           const result = await smtpLoad(server.port, connections, size, mode === "tls", SECONDS);
           results[mode].push({ ...result, cpuMs: cpuTime(server.pid) - before });
         }
+        // Each slice starts with nothing left to write back: on ext4 without a
+        // journal, the inode tables, bitmaps and directories a slice dirtied
+        // are written back later, in the next slice's time, and whichever
+        // mode followed the disk loop measured slower for it.
+        if (mode !== "sink") await new Deno.Command("sync").output();
       }
     }
     const diskRate = median(results.disk.map(rate));
@@ -521,6 +542,8 @@ for (const size of SIZES) {
         errors: runs.reduce((n, r) => n + r.errors, 0),
         diskCeiling: diskRate,
         diskRatio: pairedRatio(runs, results.disk),
+        diskRatios: roundRatios(runs, results.disk),
+        slices: { letterbox: runs.map(rate), disk: results.disk.map(rate) },
         sinkCeiling: mode === "plain" ? sinkRate : undefined,
         sinkRatio: mode === "plain" && sink ? pairedRatio(runs, results.sink) : undefined,
         cpuPerMessage: cpuPerMessage(runs),
@@ -628,6 +651,8 @@ async function smtpLoadOnce(port: number, size: number): Promise<void> {
 
 await sink?.stop();
 await Deno.remove(work, { recursive: true });
+// Written back now, so that the deletions do not slow whatever runs next.
+await new Deno.Command("sync").output();
 
 const results = {
   date: new Date().toISOString(),
@@ -645,3 +670,22 @@ const out = (flags.out as string | undefined) ??
   `${ROOT}/bench/results/${results.date.slice(0, 10)}.json`;
 await Deno.writeTextFile(out, JSON.stringify(results, null, 2) + "\n");
 console.log(`results: ${out}`);
+
+// The README's table, from these results.
+const fixed = (value: number, digits: number) => value.toFixed(digits);
+const lines = [
+  "| connections | size | mode | msg/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk loop msg/s | vs disk loop (rounds' range) | vs smtp-sink | CPU ms/msg (disk loop's) |",
+  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ...rows.map((row) =>
+    `| ${row.connections} | ${sizeName(row.size)} | ${row.tls ? "STARTTLS" : "plain"} | ${
+      fixed(row.messagesPerSecond, 0)
+    } | ${fixed(row.megabytesPerSecond, 1)} | ${fixed(row.p50, 1)} | ${fixed(row.p99, 1)} | ${
+      fixed(row.peakRss / 2 ** 20, 0)
+    } | ${fixed(row.diskCeiling, 0)} | ${fixed(row.diskRatio, 2)}x (${
+      fixed(Math.min(...row.diskRatios), 2)
+    }–${fixed(Math.max(...row.diskRatios), 2)}) | ${
+      row.sinkRatio === undefined ? "—" : `${fixed(row.sinkRatio, 2)}x`
+    } | ${fixed(row.cpuPerMessage, 2)} (${fixed(row.diskCpuPerMessage, 2)}) |`
+  ),
+];
+console.log(`\n${lines.join("\n")}`);
