@@ -64,6 +64,22 @@ async function main(): Promise<void> {
   if (config.domains.length === 0 && !config.recipients) {
     warnings.push(() => log.warn("No --domain given: accepting mail for any domain"));
   }
+  const hookPayloads = config.hooks.length > 0
+    ? config.hookConcurrency * config.maxMessageSize * 4
+    : 0;
+  if (hookPayloads > LIMITS.hookPayloadBudget) {
+    warnings.push(() =>
+      log.warn(
+        "--hook-concurrency {concurrency} x --max-message-size {size}: hook payloads may need " +
+          "{mib} MiB at once, near the 1 GiB heap; lower either",
+        {
+          concurrency: config.hookConcurrency,
+          size: config.maxMessageSize,
+          mib: Math.round(hookPayloads / 2 ** 20),
+        },
+      )
+    );
+  }
 
   // Debris from a crash: files older than 36 hours in tmp/ (Maildir specification).
   let staleRemoved = 0;

@@ -63,6 +63,13 @@ export const LIMITS = {
    * messages with their trace headers. 64 deliveries at once hold 8 MiB for it.
    */
   deliveryWriteBuffer: 131_072,
+  /**
+   * Memory hook payloads may need at once before Letterbox warns at start-up:
+   * a payload is built from its whole message (postal-mime's strings and
+   * base64 take about four times the message), and the V8 heap is capped at
+   * 1 GiB (Makefile V8_FLAGS).
+   */
+  hookPayloadBudget: 512 * 1024 * 1024,
   /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
   tlsHandshakeTimeout: 30_000,
 } as const;

@@ -209,3 +209,26 @@ Deno.test("a hook target that never answers does not delay the SMTP reply", asyn
     await target.server.shutdown();
   }
 });
+
+Deno.test("hooks that could outgrow the heap are warned about at start-up, not refused", async () => {
+  const target = hookServer(() => Promise.resolve(200));
+  const heavy = await startServer([
+    "--hook",
+    `*=${target.url}`,
+    "--hook-concurrency",
+    "16",
+    "--max-message-size",
+    "100M",
+  ]);
+  const light = await startServer(["--hook", `*=${target.url}`]);
+  try {
+    const warned = (logs: Record<string, unknown>[]) =>
+      logs.some((record) => String(record.message).includes("hook payloads may need"));
+    assert(warned(heavy.logs));
+    assert(!warned(light.logs));
+  } finally {
+    await heavy.stop();
+    await light.stop();
+    await target.server.shutdown();
+  }
+});
