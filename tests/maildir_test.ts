@@ -100,3 +100,28 @@ Deno.test("LocalDelivery.commit() takes back every copy when one cannot be store
   assertEquals(await list(`${root}/b/tmp`), []);
   await Deno.remove(root, { recursive: true });
 });
+
+Deno.test("LocalDelivery.commit() leaves nothing in new/ when one of many copies fails", async () => {
+  const root = await Deno.makeTempDir();
+  const delivery = new LocalDelivery(
+    new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }),
+    "mx.test",
+  );
+  // The first copy fails at once (its new/ is a file); nineteen others are
+  // still committing when it does, and none may land in new/ after the clean-up.
+  await Deno.mkdir(`${root}/a0/tmp`, { recursive: true });
+  await Deno.writeTextFile(`${root}/a0/new`, "");
+  const users = Array.from({ length: 20 }, (_, i) => `a${i}@one.test`);
+  const transaction = await delivery.begin(envelope(...users));
+  await transaction.write(new TextEncoder().encode("x".repeat(100_000) + "\n"));
+  let failed = false;
+  try {
+    await transaction.commit();
+  } catch {
+    failed = true;
+  }
+  assert(failed);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  for (let i = 1; i < 20; i++) assertEquals(await list(`${root}/a${i}/new`), [], `a${i}`);
+  await Deno.remove(root, { recursive: true });
+});

@@ -89,10 +89,14 @@ class LocalTransaction implements DeliveryTransaction {
     this.#done = true;
     const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
     try {
-      await Promise.all(this.#copies.map(async (copy, i) => {
+      // Every copy settles before any is taken back: with Promise.all, one
+      // failing early could let another rename into new/ after the clean-up.
+      const outcomes = await Promise.allSettled(this.#copies.map(async (copy, i) => {
         const path = await copy.file!.commit();
         stored[i] = { maildir: copy.maildir, path, recipients: copy.recipients };
       }));
+      const failed = outcomes.find((outcome) => outcome.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
       await Promise.all(
         [...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectoryShared),
       );
