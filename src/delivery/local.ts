@@ -57,13 +57,16 @@ export class LocalDelivery implements Delivery {
     const copies = [...byMaildir.values()];
     const transaction = new LocalTransaction(copies);
     try {
-      await Promise.all(copies.map(async (copy) => {
+      // All settle first, so that the abort also removes files still being created.
+      const outcomes = await Promise.allSettled(copies.map(async (copy) => {
         copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder);
         const mailboxes = copy.mailboxes;
         await copy.file.write(
           encoder.encode(traceHeaders(envelope, this.#hostname, mailboxes, copy.recipients)),
         );
       }));
+      const failed = outcomes.find((outcome) => outcome.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
     } catch (error) {
       await transaction.abort();
       throw error;
