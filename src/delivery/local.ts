@@ -57,16 +57,13 @@ export class LocalDelivery implements Delivery {
     const copies = [...byMaildir.values()];
     const transaction = new LocalTransaction(copies);
     try {
-      // All settle first, so that the abort also removes files still being created.
-      const outcomes = await Promise.allSettled(copies.map(async (copy) => {
+      await settleAll(copies.map(async (copy) => {
         copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder);
         const mailboxes = copy.mailboxes;
         await copy.file.write(
           encoder.encode(traceHeaders(envelope, this.#hostname, mailboxes, copy.recipients)),
         );
       }));
-      const failed = outcomes.find((outcome) => outcome.status === "rejected");
-      if (failed) throw (failed as PromiseRejectedResult).reason;
     } catch (error) {
       await transaction.abort();
       throw error;
@@ -85,21 +82,21 @@ class LocalTransaction implements DeliveryTransaction {
 
   async write(content: Uint8Array, lines?: number): Promise<void> {
     if (this.#copies.length === 1) return await this.#copies[0].file!.write(content, lines);
-    await Promise.all(this.#copies.map((copy) => copy.file!.write(content, lines)));
+    // A write still in flight must not be reading a buffer that the abort
+    // hands back to the pool.
+    await settleAll(this.#copies.map((copy) => copy.file!.write(content, lines)));
   }
 
   async commit(): Promise<StoredCopy[]> {
     this.#done = true;
     const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
     try {
-      // Every copy settles before any is taken back: with Promise.all, one
-      // failing early could let another rename into new/ after the clean-up.
-      const outcomes = await Promise.allSettled(this.#copies.map(async (copy, i) => {
+      // With Promise.all, a copy failing early could let another rename into
+      // new/ after the clean-up.
+      await settleAll(this.#copies.map(async (copy, i) => {
         const path = await copy.file!.commit();
         stored[i] = { maildir: copy.maildir, path, recipients: copy.recipients };
       }));
-      const failed = outcomes.find((outcome) => outcome.status === "rejected");
-      if (failed) throw (failed as PromiseRejectedResult).reason;
       await Promise.all(
         [...new Set(this.#copies.map((c) => `${c.maildir}/new`))].map(syncDirectoryShared),
       );
@@ -118,4 +115,14 @@ class LocalTransaction implements DeliveryTransaction {
     this.#done = true;
     await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
   }
+}
+
+/**
+ * Waits for every promise, then fails with the first failure, if any: unlike
+ * Promise.all, nothing is still running on a copy when the caller cleans up.
+ */
+async function settleAll(promises: Promise<unknown>[]): Promise<void> {
+  const outcomes = await Promise.allSettled(promises);
+  const failed = outcomes.find((outcome) => outcome.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }
