@@ -464,7 +464,7 @@ const pairedRatio = (mine: LoadResult[], theirs: LoadResult[]) => median(roundRa
  * Removes what the cells wrote, then waits out ext4's window for recently
  * deleted inodes. Deleting thousands of files between slices made every
  * following file creation scan for reusable inodes (`recently_deleted` and
- * `find_inode_bit` were a third of all CPU time in a profile) and measured
+ * `find_inode_bit` were a quarter of all CPU time in a profile) and measured
  * the clean-up, not the disk or Letterbox. So the cells of one message size
  * keep their files, and they go between sizes, followed by `sync` (the
  * window is 5 s once the inode tables are clean, 35 s while dirty).
