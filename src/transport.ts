@@ -203,7 +203,7 @@ export class ConnTransport implements Transport {
         const wait = until - Date.now();
         if (wait <= 0) break;
         this.#pendingRead ??= this.#conn.read(this.#small).catch(() => null);
-        const count = await withTimeout(this.#pendingRead, wait).catch(() => null);
+        const count = await this.#timer.wait(this.#pendingRead, wait).catch(() => null);
         this.#pendingRead = undefined;
         if (count === null) break;
       }
@@ -212,6 +212,7 @@ export class ConnTransport implements Transport {
   }
 
   #closeConn(): void {
+    this.#timer.stop();
     try {
       this.#conn.close();
     } catch { /* already closed */ }
@@ -440,15 +441,6 @@ class ReadTimer {
     this.#onExpiry = undefined;
     onExpiry();
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  if (ms === Infinity) return promise;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) =>
-    timer = setTimeout(() => reject(new ReadTimeoutError()), ms)
-  );
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Shows IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) as plain IPv4. */
