@@ -1,5 +1,5 @@
 import { parseMailbox } from "../src/commands.ts";
-import type { Envelope } from "../src/delivery/delivery.ts";
+import type { DeliveryTransaction, Envelope } from "../src/delivery/delivery.ts";
 import { LocalDelivery } from "../src/delivery/local.ts";
 import { escapeHostname, uniqueName } from "../src/delivery/maildir.ts";
 import { Router } from "../src/delivery/router.ts";
@@ -32,6 +32,23 @@ async function list(dir: string): Promise<string[]> {
   return names.sort();
 }
 
+/** A LocalDelivery into a fresh temporary folder; `template` follows the root (e.g. "/{user}"). */
+async function tempDelivery(template: string): Promise<{ root: string; delivery: LocalDelivery }> {
+  const root = await Deno.makeTempDir();
+  const router = new Router({ maildir: `${root}${template}`, domains: [], defaultDomain: "x" });
+  return { root, delivery: new LocalDelivery(router, "mx.test") };
+}
+
+/** True when the commit was refused. */
+async function commitRefused(transaction: DeliveryTransaction): Promise<boolean> {
+  try {
+    await transaction.commit();
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 Deno.test("Maildir names follow the convention and escape the host name", () => {
   assertEquals(escapeHostname("a/b:c"), "a\\057b\\072c");
   assertMatch(uniqueName("mx.test", 42, 1_700_000_000_123), /^1700000000\.M\d+P42Q\d+\.mx\.test$/);
@@ -39,11 +56,7 @@ Deno.test("Maildir names follow the convention and escape the host name", () => 
 });
 
 Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 0600 in 0700 folders", async () => {
-  const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(
-    new Router({ maildir: `${root}/{domain}/{user}`, domains: [], defaultDomain: "x" }),
-    "mx.test",
-  );
+  const { root, delivery } = await tempDelivery("/{domain}/{user}");
   const transaction = await delivery.begin(envelope("a@one.test", "A+tag@one.test", "b@one.test"));
   await transaction.write(new TextEncoder().encode("Subject: hi\n\nbody\n"));
   const copies = await transaction.commit();
@@ -65,11 +78,7 @@ Deno.test("LocalDelivery writes one copy per Maildir with S= and W= sizes, mode 
 });
 
 Deno.test("LocalDelivery.abort() leaves nothing in tmp/ or new/", async () => {
-  const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(
-    new Router({ maildir: root, domains: [], defaultDomain: "x" }),
-    "mx.test",
-  );
+  const { root, delivery } = await tempDelivery("");
   const transaction = await delivery.begin(envelope("a@one.test"));
   await transaction.write(new TextEncoder().encode("x\n"));
   await transaction.abort();
@@ -79,22 +88,12 @@ Deno.test("LocalDelivery.abort() leaves nothing in tmp/ or new/", async () => {
 });
 
 Deno.test("LocalDelivery.commit() takes back every copy when one cannot be stored", async () => {
-  const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(
-    new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }),
-    "mx.test",
-  );
+  const { root, delivery } = await tempDelivery("/{user}");
   const transaction = await delivery.begin(envelope("a@one.test", "b@one.test"));
   // Sabotage b's copy: its new/ folder becomes a file, so its rename fails.
   await Deno.remove(`${root}/b/new`);
   await Deno.writeTextFile(`${root}/b/new`, "");
-  let failed = false;
-  try {
-    await transaction.commit();
-  } catch {
-    failed = true;
-  }
-  assert(failed);
+  assert(await commitRefused(transaction));
   assertEquals(await list(`${root}/a/new`), []);
   assertEquals(await list(`${root}/a/tmp`), []);
   assertEquals(await list(`${root}/b/tmp`), []);
@@ -102,11 +101,7 @@ Deno.test("LocalDelivery.commit() takes back every copy when one cannot be store
 });
 
 Deno.test("LocalDelivery.commit() leaves nothing in new/ when one of many copies fails", async () => {
-  const root = await Deno.makeTempDir();
-  const delivery = new LocalDelivery(
-    new Router({ maildir: `${root}/{user}`, domains: [], defaultDomain: "x" }),
-    "mx.test",
-  );
+  const { root, delivery } = await tempDelivery("/{user}");
   // The first copy fails at once (its new/ is a file); nineteen others are
   // still committing when it does, and none may land in new/ after the clean-up.
   await Deno.mkdir(`${root}/a0/tmp`, { recursive: true });
@@ -114,13 +109,7 @@ Deno.test("LocalDelivery.commit() leaves nothing in new/ when one of many copies
   const users = Array.from({ length: 20 }, (_, i) => `a${i}@one.test`);
   const transaction = await delivery.begin(envelope(...users));
   await transaction.write(new TextEncoder().encode("x".repeat(100_000) + "\n"));
-  let failed = false;
-  try {
-    await transaction.commit();
-  } catch {
-    failed = true;
-  }
-  assert(failed);
+  assert(await commitRefused(transaction));
   await new Promise((resolve) => setTimeout(resolve, 200));
   for (let i = 1; i < 20; i++) assertEquals(await list(`${root}/a${i}/new`), [], `a${i}`);
   await Deno.remove(root, { recursive: true });
