@@ -287,6 +287,19 @@ interface Started {
   stop(): Promise<void>;
 }
 
+/** A running server: stop() ends it with SIGTERM, waits, then runs `cleanUp`. */
+function started(child: Deno.ChildProcess, port: number, cleanUp?: () => Promise<void>): Started {
+  return {
+    port,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+      await cleanUp?.();
+    },
+  };
+}
+
 async function startLetterbox(maildir: string): Promise<Started> {
   const args = [
     "run",
@@ -333,15 +346,7 @@ async function startLetterbox(maildir: string): Promise<Started> {
     const match = /Listening on 127\.0\.0\.1:(\d+)/.exec(text);
     if (match && text.includes("ready")) port = Number(match[1]);
   }
-  return {
-    port,
-    pid: child.pid,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-      await Deno.remove(log);
-    },
-  };
+  return started(child, port, () => Deno.remove(log));
 }
 
 async function startSink(): Promise<Started | undefined> {
@@ -368,14 +373,7 @@ async function startSink(): Promise<Started | undefined> {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
-  return {
-    port,
-    pid: child.pid,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
+  return started(child, port);
 }
 
 // ---------------------------------------------------------------- run
