@@ -67,7 +67,10 @@ export async function configureLogging(level: LogLevel, format: LogFormat): Prom
   });
 }
 
-/** The logger for one part of Letterbox, e.g. `logger("smtp")`. */
-export function logger(name: string): Logger {
-  return getLogger(["letterbox", name]);
+/**
+ * The logger for one part of Letterbox, e.g. `logger("smtp")`. `root` names
+ * the instance: tests that run several servers in one process give each its own.
+ */
+export function logger(name: string, root: readonly string[] = ["letterbox"]): Logger {
+  return getLogger([...root, name]);
 }

@@ -2,10 +2,10 @@ import {
   parseCommandLine,
   parseHeloArgument,
   parseMailArgument,
-  parseMailbox,
   parseParameters,
   parseRcptArgument,
-} from "../src/commands.ts";
+} from "../src/protocol/commands.ts";
+import { parseMailbox } from "../src/protocol/address.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 Deno.test("parseCommandLine() upper-cases the verb and keeps the argument", () => {

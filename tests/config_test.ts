@@ -1,4 +1,4 @@
-import { type Config, ConfigError, parseConfig, parseSize } from "../src/config.ts";
+import { type Config, ConfigError, parseConfig, parseSize } from "../src/config/config.ts";
 import { assertEquals, assertThrows } from "./_assert.ts";
 
 function config(args: string[], env: Record<string, string> = {}): Config {

@@ -1,6 +1,6 @@
 import PostalMime from "postal-mime";
-import { headerBlock, inspectMessage, MessagePrefix } from "../src/inspect.ts";
-import { syncDirectoryShared } from "../src/delivery/maildir.ts";
+import { headerBlock, inspectMessage, MessagePrefix } from "../src/pipeline/inspect.ts";
+import { syncDirectoryShared } from "../src/maildir/maildir.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const encode = (text: string) => new TextEncoder().encode(text);

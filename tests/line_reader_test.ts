@@ -1,5 +1,5 @@
 import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
-import { DataDecoder, LineReader } from "../src/line_reader.ts";
+import { DataDecoder, LineReader } from "../src/protocol/line_reader.ts";
 import { assertEquals } from "./_assert.ts";
 
 const encoder = new TextEncoder();

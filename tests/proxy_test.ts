@@ -3,8 +3,8 @@
  * sent to the real program.
  */
 
-import { inRanges, parseCidr } from "../src/cidr.ts";
-import { parseProxyHeader, V2_SIGNATURE } from "../src/proxy_protocol.ts";
+import { inRanges, parseCidr } from "../src/net/cidr.ts";
+import { parseProxyHeader, V2_SIGNATURE } from "../src/net/proxy_protocol.ts";
 import { readMessages, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes } from "./_assert.ts";
 

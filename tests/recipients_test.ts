@@ -3,7 +3,7 @@
  * with sub-address folders and SIGHUP reloads.
  */
 
-import { parseRecipients, RecipientsError, resolveRecipient } from "../src/delivery/recipients.ts";
+import { parseRecipients, RecipientsError, resolveRecipient } from "../src/pipeline/recipients.ts";
 import { newFiles, readMessages, startServer, TestClient, waitForLog } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "./_assert.ts";
 
@@ -129,6 +129,47 @@ Deno.test("the recipients file decides RCPT, aliases expand to one copy each, an
     server.process.kill("SIGHUP");
     await waitForLog(server.logs, "Kept the recipients in force");
     assertEquals((await client.command("RCPT TO:<dave@example.com>")).code, 250);
+  } finally {
+    client.close();
+    await server.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a reload between RCPT and DATA cannot lose an accepted message: its route was decided at RCPT", async () => {
+  const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  await Deno.writeTextFile(
+    `${root}/recipients`,
+    "alice@example.com\nteam@example.com: alice@example.com, carol@example.com\ncarol@example.com\n",
+  );
+  const server = await startServer(
+    ["--maildir", `${root}/mail/{user}`, "--recipients", `${root}/recipients`],
+    { maildir: root },
+  );
+  const client = await TestClient.connect(server.port);
+  try {
+    await client.reply();
+    await client.command("EHLO client.test");
+    await client.command("MAIL FROM:<sender@remote.test>");
+    assertEquals((await client.command("RCPT TO:<alice@example.com>")).code, 250);
+    assertEquals((await client.command("RCPT TO:<team@example.com>")).code, 250);
+    // The file now names only bob, and the alias is gone.
+    await Deno.writeTextFile(`${root}/recipients`, "bob@example.com\n");
+    const mark = server.logs.length;
+    server.process.kill("SIGHUP");
+    await waitForLog(server.logs, "Reloaded", mark);
+    assertEquals((await client.command("DATA")).code, 354);
+    await client.send("Subject: before the reload\r\n\r\nhello\r\n.\r\n");
+    const reply = await client.reply();
+    assertEquals(reply.code, 250, reply.text);
+    // Each copy went where RCPT decided: alice once (direct and through the alias), carol once.
+    assertEquals((await newFiles(`${root}/mail/alice`)).length, 1);
+    assertEquals((await newFiles(`${root}/mail/carol`)).length, 1);
+    assertEquals(await newFiles(`${root}/mail/bob`), []);
+    // The next transaction sees the new table.
+    await client.command("MAIL FROM:<sender@remote.test>");
+    assertEquals((await client.command("RCPT TO:<alice@example.com>")).code, 550);
+    assertEquals((await client.command("RCPT TO:<bob@example.com>")).code, 250);
   } finally {
     client.close();
     await server.stop();

@@ -1,12 +1,19 @@
-import { parseMailbox } from "../src/commands.ts";
-import { Router, templateProblem } from "../src/delivery/router.ts";
-import { REPLIES } from "../src/replies.ts";
+import { parseMailbox } from "../src/protocol/address.ts";
+import { type Route, Router } from "../src/pipeline/route.ts";
+import { templateProblem } from "../src/maildir/template.ts";
+import type { Reply } from "../src/protocol/replies.ts";
+import { REPLIES } from "../src/protocol/replies.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 function address(text: string) {
   const parsed = parseMailbox(text, true);
   assert(parsed.ok, text);
   return parsed.value;
+}
+
+/** The reply refusing a recipient, or undefined when it has a route. */
+function refusal(decided: Route | Reply): Reply | undefined {
+  return "code" in decided ? decided : undefined;
 }
 
 const router = new Router({
@@ -25,8 +32,8 @@ Deno.test("Router maps a recipient to its domain and user, without the +tag", ()
 });
 
 Deno.test("Router refuses domains that are not ours with 550 5.7.1", () => {
-  assertEquals(router.check(address("a@example.org")), REPLIES.relayDenied);
-  assertEquals(router.check(address("a@example.com")), undefined);
+  assertEquals(refusal(router.route(address("a@example.org"))), REPLIES.relayDenied);
+  assertEquals(refusal(router.route(address("a@example.com"))), undefined);
 });
 
 Deno.test("Router refuses every local part that could leave the Maildir root", () => {
@@ -41,7 +48,7 @@ Deno.test("Router refuses every local part that could leave the Maildir root", (
       "+tag@example.com",
     ]
   ) {
-    assertEquals(router.check(address(text)), REPLIES.unsafeRecipient, text);
+    assertEquals(refusal(router.route(address(text))), REPLIES.unsafeRecipient, text);
   }
 });
 

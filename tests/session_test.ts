@@ -1,6 +1,6 @@
-import type { Address } from "../src/commands.ts";
-import { formatReply, REPLIES, type Reply } from "../src/replies.ts";
-import { type Action, Session, type SessionOptions } from "../src/session.ts";
+import type { Address } from "../src/protocol/address.ts";
+import { formatReply, REPLIES, type Reply } from "../src/protocol/replies.ts";
+import { type Action, Session, type SessionOptions } from "../src/protocol/session.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 function session(overrides: Partial<SessionOptions> = {}): Session {
@@ -12,7 +12,8 @@ function session(overrides: Partial<SessionOptions> = {}): Session {
     tlsAvailable: true,
     requireTls: false,
     secure: false,
-    checkRecipient: (r: Address) => r.domain === "elsewhere.test" ? REPLIES.relayDenied : undefined,
+    routeRecipient: (r: Address) =>
+      r.domain === "elsewhere.test" ? REPLIES.relayDenied : { recipient: r },
     ...overrides,
   });
 }
@@ -148,7 +149,7 @@ Deno.test("past the recipient limit RCPT gets 452 4.5.3 and duplicates count onc
   );
   const data = s.handle("DATA");
   assert(data.kind === "data");
-  assertEquals(data.transaction.recipients.map((r) => r.local), ["a", "b", "c"]);
+  assertEquals(data.transaction.routes.map((r) => r.recipient.local), ["a", "b", "c"]);
 });
 
 Deno.test("STARTTLS resets the session and cannot be repeated", () => {
@@ -211,8 +212,8 @@ Deno.test("each DATA outcome maps to its reply", () => {
   const s = session();
   const replies: Reply[] = [
     s.finishData({ kind: "too-big" }),
-    s.finishData({ kind: "storage-full" }),
-    s.finishData({ kind: "local-error" }),
+    s.finishData({ kind: "refused", reply: REPLIES.storageFull }),
+    s.finishData({ kind: "refused", reply: REPLIES.localError }),
   ];
   assertEquals(replies.map((r) => formatReply(r)), [
     "552 5.3.4 Error: message exceeds fixed maximum message size\r\n",

@@ -1,6 +1,6 @@
-import { parseMailbox } from "../src/commands.ts";
-import type { Envelope } from "../src/delivery/delivery.ts";
-import { formatMailDate, traceHeaders, withProtocol } from "../src/delivery/trace.ts";
+import { parseMailbox } from "../src/protocol/address.ts";
+import type { Envelope } from "../src/pipeline/envelope.ts";
+import { formatMailDate, traceHeaders, withProtocol } from "../src/pipeline/trace.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 function address(text: string) {
@@ -12,7 +12,7 @@ function address(text: string) {
 const envelope: Envelope = {
   id: "ID1",
   sender: address("bob@sender.test"),
-  recipients: [address("alice@example.com")],
+  routes: [],
   clientAddress: "192.0.2.7",
   heloName: "client.test",
   extended: true,
@@ -23,7 +23,7 @@ const envelope: Envelope = {
 
 Deno.test("traceHeaders() writes Return-Path, Delivered-To and one Received header", () => {
   assertEquals(
-    traceHeaders(envelope, "mx.test", ["alice@example.com"], envelope.recipients),
+    traceHeaders(envelope, "mx.test", ["alice@example.com"], [address("alice@example.com")]),
     "Return-Path: <bob@sender.test>\nDelivered-To: alice@example.com\n" +
       "Received: from client.test (unknown [192.0.2.7])\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\n" +
       "\tby mx.test (Letterbox) with ESMTPS id ID1\n\tfor <alice@example.com>; Sun, 29 Nov 2026 08:05:09 +0000\n",

@@ -9,7 +9,7 @@
  */
 
 import type { Logger } from "@logtape/logtape";
-import { syncDirectory } from "../delivery/maildir.ts";
+import { syncDirectory } from "../maildir/maildir.ts";
 import { type Hook, hookMatches } from "./hook.ts";
 import { buildPayload, type JobEnvelope } from "./payload.ts";
 
@@ -48,7 +48,10 @@ const encoder = new TextEncoder();
 export class HookQueue {
   readonly #options: HookOptions;
   readonly #due = new Map<string, number>(); // id -> next attempt time
-  readonly #running = new Set<string>();
+  readonly #running = new Map<string, Promise<void>>();
+  // Aborted by stop(): a webhook call or command under way ends, and its job
+  // stays in the spool for the next start.
+  readonly #stopping = new AbortController();
   #overflow = false;
   #timer: ReturnType<typeof setInterval> | undefined;
   #sequence = 0;
@@ -75,9 +78,15 @@ export class HookQueue {
     this.#timer = timer;
   }
 
-  /** Stops starting jobs; those on disk wait for the next start. */
+  /** Stops starting jobs and ends those under way; every job on disk waits for the next start. */
   stop(): void {
     clearInterval(this.#timer);
+    this.#stopping.abort();
+  }
+
+  /** Resolves once no job is running any more (after {@link stop}). */
+  async settled(): Promise<void> {
+    while (this.#running.size > 0) await Promise.allSettled(this.#running.values());
   }
 
   /**
@@ -132,14 +141,14 @@ export class HookQueue {
   }
 
   #pump(): void {
+    if (this.#stopping.signal.aborted) return;
     if (this.#overflow && this.#due.size < MAX_JOBS_IN_MEMORY / 2) void this.#scan();
     const now = Date.now();
     for (const [id, at] of this.#due) {
       if (this.#running.size >= this.#options.concurrency) return;
       if (at > now) continue;
       this.#due.delete(id);
-      this.#running.add(id);
-      this.#run(id).finally(() => this.#running.delete(id));
+      this.#running.set(id, this.#run(id).finally(() => this.#running.delete(id)));
     }
   }
 
@@ -226,7 +235,7 @@ export class HookQueue {
       method: "POST",
       headers,
       body,
-      signal: AbortSignal.timeout(this.#options.timeout),
+      signal: AbortSignal.any([AbortSignal.timeout(this.#options.timeout), this.#stopping.signal]),
     });
     await response.body?.cancel();
     return response.ok ? undefined : `HTTP ${response.status}`;
@@ -257,11 +266,13 @@ export class HookQueue {
           LETTERBOX_PAYLOAD: payloadFile,
         },
       }).spawn();
-      const killer = setTimeout(() => {
+      const kill = () => {
         try {
           child.kill("SIGKILL");
         } catch { /* already gone */ }
-      }, this.#options.timeout);
+      };
+      const killer = setTimeout(kill, this.#options.timeout);
+      this.#stopping.signal.addEventListener("abort", kill);
       // Read stderr as it comes, so that a chatty command never blocks on a full pipe.
       const stderrText = new Response(child.stderr).text().catch(() => "");
       try {
@@ -274,6 +285,7 @@ export class HookQueue {
         return code === 0 ? undefined : `exit code ${code}${stderr ? `: ${stderr}` : ""}`;
       } finally {
         clearTimeout(killer);
+        this.#stopping.signal.removeEventListener("abort", kill);
       }
     } finally {
       await Deno.remove(payloadFile).catch(() => {});

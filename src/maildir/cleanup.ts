@@ -5,7 +5,7 @@
  * @module
  */
 
-import { PLACEHOLDERS } from "./router.ts";
+import { PLACEHOLDERS } from "./template.ts";
 
 /**
  * Lists the Maildirs a path or template names that exist now: the path

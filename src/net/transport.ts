@@ -20,8 +20,8 @@
 import type net from "node:net";
 import { Duplex } from "node:stream";
 import tls from "node:tls";
-import type { TlsInfo } from "./delivery/delivery.ts";
-import type { ChunkSource } from "./line_reader.ts";
+import type { TlsInfo } from "../pipeline/envelope.ts";
+import type { ChunkSource } from "../protocol/line_reader.ts";
 
 /** Raised by {@link Transport.read} when the read deadline passed. */
 export class ReadTimeoutError extends Error {

@@ -7,7 +7,7 @@
  */
 
 import PostalMime, { addressParser, decodeWords } from "postal-mime";
-import { LIMITS } from "./limits.ts";
+import { LIMITS } from "../limits.ts";
 
 /** What the logs say about a message's content. */
 export interface MessageSummary {

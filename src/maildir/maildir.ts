@@ -55,6 +55,10 @@ export class MaildirFile {
   #buffered = 0;
   #size = 0;
   #lines = 0;
+  // Octets already written to the file (the rest is in #buffer).
+  #written = 0;
+  // Where {@link commit}'s `insert` goes: after the trace header lines.
+  #insertAt = 0;
   #closed = false;
 
   private constructor(dir: string, base: string, file: Deno.FsFile) {
@@ -98,6 +102,7 @@ export class MaildirFile {
     if (this.#buffered + bytes.length > LIMITS.deliveryWriteBuffer) await this.#flush();
     if (bytes.length >= LIMITS.deliveryWriteBuffer) {
       await writeAll(this.#file, bytes);
+      this.#written += bytes.length;
       return;
     }
     if (this.#buffer.length === 0) this.#buffer = takeBuffer();
@@ -111,14 +116,25 @@ export class MaildirFile {
     const held = this.#buffer.subarray(0, this.#buffered);
     this.#buffered = 0;
     await writeAll(this.#file, held);
+    this.#written += held.length;
+  }
+
+  /** Marks the current end as where {@link commit}'s `insert` will go. */
+  markInsertionPoint(): void {
+    this.#insertAt = this.#size;
   }
 
   /**
    * Syncs the file, renames it into `new/` with `,S=<size>,W=<size with
    * CRLF>` (Dovecot reads both to skip a stat and a scan) and returns the new
-   * path. The caller syncs `new/` itself, so that copies can share one sync.
+   * path. `insert` (header fields that checks added, LF-terminated) goes in at
+   * the {@link markInsertionPoint}; `into` is another Maildir on the same file
+   * system to file it in instead (a Maildir++ folder such as `.Junk`, made
+   * beforehand). The caller syncs `new/` itself, so that copies can share one
+   * sync.
    */
-  async commit(): Promise<string> {
+  async commit(insert: Uint8Array = EMPTY, into: string = this.#dir): Promise<string> {
+    if (insert.length > 0) await this.#insert(insert);
     await this.#flush();
     giveBack(this.#buffer);
     this.#buffer = EMPTY;
@@ -128,9 +144,54 @@ export class MaildirFile {
     this.#closed = true;
     this.#file.close();
     const name = `${this.#base},S=${this.#size},W=${this.#size + this.#lines}`;
-    const path = `${this.#dir}/new/${name}`;
+    const path = `${into}/new/${name}`;
     await Deno.rename(this.tmpPath, path);
     return path;
+  }
+
+  // Most messages are still whole in the buffer: the insert is spliced in
+  // there. A large one is partly on disk already; its start is rewritten in
+  // place by reading back what follows the insertion point.
+  async #insert(insert: Uint8Array): Promise<void> {
+    const lines = countLines(insert);
+    if (this.#written <= this.#insertAt) {
+      const at = this.#insertAt - this.#written;
+      const held = this.#buffer.subarray(0, this.#buffered);
+      const joined = new Uint8Array(held.length + insert.length);
+      joined.set(held.subarray(0, at));
+      joined.set(insert, at);
+      joined.set(held.subarray(at), at + insert.length);
+      giveBack(this.#buffer);
+      this.#buffer = EMPTY;
+      this.#buffered = 0;
+      await writeAll(this.#file, joined);
+      this.#written += joined.length;
+    } else {
+      await this.#flush();
+      // Moved from the end backwards in bounded chunks, so memory stays flat
+      // whatever the message size.
+      const chunk = new Uint8Array(Math.min(MOVE_CHUNK, this.#written - this.#insertAt));
+      // A second handle reads: the file was opened for writing only.
+      using reader = await Deno.open(this.tmpPath, { read: true });
+      for (let end = this.#written; end > this.#insertAt;) {
+        const start = Math.max(this.#insertAt, end - chunk.length);
+        const part = chunk.subarray(0, end - start);
+        await reader.seek(start, Deno.SeekMode.Start);
+        for (let read = 0; read < part.length;) {
+          const n = await reader.read(part.subarray(read));
+          if (n === null) throw new Error("the message file is shorter than what was written");
+          read += n;
+        }
+        await this.#file.seek(start + insert.length, Deno.SeekMode.Start);
+        await writeAll(this.#file, part);
+        end = start;
+      }
+      await this.#file.seek(this.#insertAt, Deno.SeekMode.Start);
+      await writeAll(this.#file, insert);
+      this.#written += insert.length;
+    }
+    this.#size += insert.length;
+    this.#lines += lines;
   }
 
   /** Closes and removes the file from `tmp/`; never throws. */
@@ -149,6 +210,8 @@ export class MaildirFile {
 }
 
 const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+// Moving a large message's tail to make room for inserted header fields.
+const MOVE_CHUNK = 1024 * 1024;
 
 function countLines(bytes: Uint8Array): number {
   let lines = 0;

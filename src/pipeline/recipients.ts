@@ -14,8 +14,8 @@
  * @module
  */
 
-import { parseMailbox } from "../commands.ts";
-import { isSafeSegment, userOf } from "./router.ts";
+import { parseMailbox } from "../protocol/address.ts";
+import { isSafeSegment, userOf } from "../maildir/template.ts";
 
 /** The parsed recipients file. Addresses are kept lower-cased. */
 export interface RecipientTable {

@@ -8,12 +8,12 @@
  */
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
-import { type Cidr, LOOPBACK, parseCidr } from "./cidr.ts";
-import { isDomainName } from "./commands.ts";
-import { PLACEHOLDERS, templateProblem } from "./delivery/router.ts";
-import { type Hook, parseHook } from "./hooks/hook.ts";
-import { LIMITS } from "./limits.ts";
-import { LOG_FORMATS, LOG_LEVELS, type LogFormat } from "./log.ts";
+import { type Cidr, LOOPBACK, parseCidr } from "../net/cidr.ts";
+import { isDomainName } from "../protocol/address.ts";
+import { maildirRootOf, templateProblem } from "../maildir/template.ts";
+import { type Hook, parseHook } from "../hooks/hook.ts";
+import { LIMITS } from "../limits.ts";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat } from "../log.ts";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -477,14 +477,6 @@ export function parseDuration(text: string): number {
       h: 3_600_000,
       d: 86_400_000,
     }[match[2] as "" | "s" | "m" | "h" | "d"];
-}
-
-/** The fixed directory a Maildir path or template starts with: what write permission must cover. */
-export function maildirRootOf(maildir: string): string {
-  const first = PLACEHOLDERS.map((p) => maildir.indexOf(p)).filter((i) => i !== -1);
-  if (first.length === 0) return maildir.replace(/\/+$/, "");
-  const prefix = maildir.slice(0, Math.min(...first));
-  return prefix.slice(0, prefix.lastIndexOf("/")) || "/";
 }
 
 /** Parses `25M`, `512K`, `1G` or plain octets; NaN when it is none of these. */

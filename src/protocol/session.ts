@@ -7,9 +7,8 @@
  * @module
  */
 
+import { type Address, formatAddress } from "./address.ts";
 import {
-  type Address,
-  formatAddress,
   hasControlCharacters,
   parseCommandLine,
   type ParseFailure,
@@ -20,7 +19,7 @@ import {
 import { ehloReply, heloReply, queuedReply, REPLIES, type Reply } from "./replies.ts";
 
 /** What the session needs to know about the server it speaks for. */
-export interface SessionOptions {
+export interface SessionOptions<R extends RoutedRecipient = RoutedRecipient> {
   /** Our host name, for the greeting, EHLO and Received. */
   readonly hostname: string;
   /** Largest message accepted, advertised as SIZE. */
@@ -36,18 +35,25 @@ export interface SessionOptions {
   /** True when the connection began in TLS (an implicit-TLS listener). */
   readonly secure: boolean;
   /**
-   * Decides whether we take mail for a recipient: `undefined` to accept, or
-   * the reply that refuses it (domain not ours, unsafe for a path, ...).
+   * Decides a recipient once: its route (where its copies go, kept in the
+   * transaction for the end of DATA), or the reply that refuses it (domain
+   * not ours, unknown user, unsafe for a path, ...).
    */
-  readonly checkRecipient: (recipient: Address) => Reply | undefined;
+  readonly routeRecipient: (recipient: Address) => R | Reply;
+}
+
+/** What the session keeps of an accepted recipient: the route decided at RCPT. */
+export interface RoutedRecipient {
+  /** The recipient as the client gave it. */
+  readonly recipient: Address;
 }
 
 /** One mail transaction: from MAIL to the end of DATA (RFC 5321 3.3). */
-export interface Transaction {
+export interface Transaction<R extends RoutedRecipient = RoutedRecipient> {
   /** The reverse-path; `null` for the null sender `<>`. */
   readonly sender: Address | null;
-  /** Accepted recipients, in order, without duplicates. */
-  readonly recipients: Address[];
+  /** The routes of the accepted recipients, in order, without duplicates. */
+  readonly routes: R[];
   /** True when MAIL carried SMTPUTF8. */
   readonly smtpUtf8: boolean;
   /** The BODY= value from MAIL, if any. */
@@ -63,7 +69,7 @@ export interface Greeting {
 }
 
 /** What the connection must do with a command, decided by the session. */
-export type Action =
+export type Action<R extends RoutedRecipient = RoutedRecipient> =
   /** Send the reply and read the next command. */
   | { readonly kind: "reply"; readonly reply: Reply }
   /** Send the reply and close the connection. */
@@ -71,14 +77,14 @@ export type Action =
   /** Send the reply, drop buffered input, do the TLS handshake, then call {@link Session.tlsStarted}. */
   | { readonly kind: "start-tls"; readonly reply: Reply }
   /** Send the 354 reply, read the message, then call {@link Session.finishData}. */
-  | { readonly kind: "data"; readonly reply: Reply; readonly transaction: Transaction };
+  | { readonly kind: "data"; readonly reply: Reply; readonly transaction: Transaction<R> };
 
-/** How a DATA section ended, as the connection reports it to the session. */
+/** How a DATA section ended, as the pipeline reports it to the session. */
 export type DataOutcome =
   | { readonly kind: "queued"; readonly id: string }
   | { readonly kind: "too-big" }
-  | { readonly kind: "local-error" }
-  | { readonly kind: "storage-full" };
+  /** Not stored: a check refused it or storing failed; the reply says which and how. */
+  | { readonly kind: "refused"; readonly reply: Reply };
 
 // HTTP and proxy verbs: a browser or a proxy probe, not a mail client (Postfix's
 // smtpd_forbidden_commands).
@@ -87,15 +93,15 @@ const FORBIDDEN_VERBS = new Set(["GET", "POST", "HEAD", "PUT", "CONNECT"]);
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The state of one SMTP session (one connection, across STARTTLS). */
-export class Session {
-  #options: SessionOptions;
+export class Session<R extends RoutedRecipient = RoutedRecipient> {
+  #options: SessionOptions<R>;
   #secure: boolean;
   #greeting: Greeting | undefined;
-  #transaction: Transaction | undefined;
+  #transaction: Transaction<R> | undefined;
   #errors = 0;
 
   /** Creates a session in the state right after our greeting. */
-  constructor(options: SessionOptions) {
+  constructor(options: SessionOptions<R>) {
     this.#options = options;
     this.#secure = options.secure;
   }
@@ -116,7 +122,7 @@ export class Session {
   }
 
   /** Handles one command line (terminator removed) and says what to do. */
-  handleLine(bytes: Uint8Array): Action {
+  handleLine(bytes: Uint8Array): Action<R> {
     let line: string;
     try {
       line = utf8.decode(bytes);
@@ -128,12 +134,12 @@ export class Session {
   }
 
   /** Answers a command line that was longer than the limit. */
-  lineTooLong(): Action {
+  lineTooLong(): Action<R> {
     return this.#fail(REPLIES.lineTooLong);
   }
 
   /** Handles one decoded command line. */
-  handle(line: string): Action {
+  handle(line: string): Action<R> {
     const { verb, argument } = parseCommandLine(line);
     switch (verb) {
       case "EHLO":
@@ -182,15 +188,13 @@ export class Session {
         return queuedReply(outcome.id);
       case "too-big":
         return REPLIES.messageTooBig;
-      case "storage-full":
-        return REPLIES.storageFull;
-      case "local-error":
-        return REPLIES.localError;
+      case "refused":
+        return outcome.reply;
     }
   }
 
   // EHLO/HELO, in any state -> greeted, with no transaction (RFC 5321 4.1.4).
-  #hello(argument: string, extended: boolean): Action {
+  #hello(argument: string, extended: boolean): Action<R> {
     const name = parseHeloArgument(argument);
     if (name === undefined) return this.#fail(REPLIES.heloSyntax);
     this.#greeting = { name, extended };
@@ -209,7 +213,7 @@ export class Session {
   }
 
   // greeted -> in a transaction, waiting for RCPT.
-  #mail(argument: string): Action {
+  #mail(argument: string): Action<R> {
     if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
     if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     if (this.#transaction) return this.#fail(REPLIES.badSequenceNestedMail);
@@ -221,12 +225,12 @@ export class Session {
     if (size !== undefined && size > this.#options.maxMessageSize) {
       return this.#fail(REPLIES.messageSizeExceedsLimit);
     }
-    this.#transaction = { sender, recipients: [], smtpUtf8, body };
+    this.#transaction = { sender, routes: [], smtpUtf8, body };
     return this.#ok(REPLIES.senderOk);
   }
 
   // in a transaction -> one more recipient.
-  #rcpt(argument: string): Action {
+  #rcpt(argument: string): Action<R> {
     if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
     if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     const transaction = this.#transaction;
@@ -239,44 +243,45 @@ export class Session {
     }
     const recipient = parsed.value;
     // Not an error: RFC 5321 4.5.3.1.10 says the client sends the rest later.
-    if (transaction.recipients.length >= this.#options.maxRecipients) {
+    if (transaction.routes.length >= this.#options.maxRecipients) {
       return { kind: "reply", reply: REPLIES.tooManyRecipients };
     }
-    const refusal = this.#options.checkRecipient(recipient);
-    if (refusal) return this.#fail(refusal);
     const key = formatAddress(recipient).toLowerCase();
-    if (!transaction.recipients.some((known) => formatAddress(known).toLowerCase() === key)) {
-      transaction.recipients.push(recipient);
+    if (transaction.routes.some((known) => formatAddress(known.recipient).toLowerCase() === key)) {
+      return this.#ok(REPLIES.recipientOk);
     }
+    const route = this.#options.routeRecipient(recipient);
+    if ("code" in route) return this.#fail(route);
+    transaction.routes.push(route);
     return this.#ok(REPLIES.recipientOk);
   }
 
   // in a transaction with recipients -> reading the message.
-  #data(argument: string): Action {
+  #data(argument: string): Action<R> {
     if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
     if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     if (argument !== "") return this.#fail(REPLIES.noArguments);
     const transaction = this.#transaction;
     if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
-    if (transaction.recipients.length === 0) return this.#fail(REPLIES.badSequenceNeedRcpt);
+    if (transaction.routes.length === 0) return this.#fail(REPLIES.badSequenceNeedRcpt);
     return { kind: "data", reply: REPLIES.startData, transaction };
   }
 
   // any state, plain connection -> TLS handshake, then a fresh session.
-  #startTls(argument: string): Action {
+  #startTls(argument: string): Action<R> {
     if (argument !== "") return this.#fail(REPLIES.noArguments);
     if (this.#secure) return this.#fail(REPLIES.alreadyTls);
     if (!this.#options.tlsAvailable) return this.#fail(REPLIES.tlsNotAvailable);
     return { kind: "start-tls", reply: REPLIES.readyForTls };
   }
 
-  #ok(reply: Reply): Action {
+  #ok(reply: Reply): Action<R> {
     return { kind: "reply", reply };
   }
 
   // Every refused command counts against the error budget; past it we hang up,
   // as Postfix does with smtpd_hard_error_limit.
-  #fail(reply: Reply): Action {
+  #fail(reply: Reply): Action<R> {
     this.#errors++;
     if (this.#errors >= this.#options.maxErrors) {
       return { kind: "close", reply: REPLIES.tooManyErrors };

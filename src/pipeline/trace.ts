@@ -7,8 +7,8 @@
  * @module
  */
 
-import { type Address, formatAddress } from "../commands.ts";
-import type { Envelope } from "./delivery.ts";
+import { type Address, formatAddress } from "../protocol/address.ts";
+import type { Envelope } from "./envelope.ts";
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];

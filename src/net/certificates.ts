@@ -10,7 +10,7 @@ import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import tls from "node:tls";
-import { ConfigError } from "./config.ts";
+import { ConfigError } from "../config/config.ts";
 
 /** A certificate chain and its key, PEM-encoded. */
 export interface KeyPair {

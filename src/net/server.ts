@@ -6,11 +6,11 @@
  */
 
 import type { Logger } from "@logtape/logtape";
-import { ConfigError, type ListenAddress } from "./config.ts";
+import { ConfigError, type ListenAddress } from "../config/config.ts";
 import { Connection, type ConnectionOptions } from "./connection.ts";
-import { formatReply, REPLIES } from "./replies.ts";
+import { formatReply, REPLIES } from "../protocol/replies.ts";
 import { type Cidr, inRanges } from "./cidr.ts";
-import { LIMITS } from "./limits.ts";
+import { LIMITS } from "../limits.ts";
 import { parseProxyHeader, type ProxyHeader } from "./proxy_protocol.ts";
 import { ConnTransport } from "./transport.ts";
 
@@ -186,7 +186,7 @@ export class Server {
       ? REPLIES.tooManyConnectionsFromYou
       : undefined;
     if (refusal) {
-      this.#options.metrics?.connections.inc({ outcome: "refused" });
+      this.#options.observer?.connectionRefused();
       this.#log.info("Refused {peer}: {reply}", {
         peer: ip,
         reply: formatReply(refusal).trimEnd(),
@@ -199,13 +199,12 @@ export class Server {
       return;
     }
     this.#perIp.set(ip, fromIp + 1);
-    this.#options.metrics?.connections.inc({ outcome: "accepted" });
-    this.#options.metrics?.connectionsOpen.add(1);
+    this.#options.observer?.connectionOpened();
     const connection = new Connection(transport, { ...this.#options, implicitTls });
     this.#connections.add(connection);
     const served = connection.serve().finally(() => {
       this.#connections.delete(connection);
-      this.#options.metrics?.connectionsOpen.add(-1);
+      this.#options.observer?.connectionClosed();
       const left = (this.#perIp.get(ip) ?? 1) - 1;
       if (left === 0) this.#perIp.delete(ip);
       else this.#perIp.set(ip, left);

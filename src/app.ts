@@ -1,0 +1,244 @@
+/**
+ * The application: wires a {@link Config} into running parts (certificates,
+ * recipients, the pipeline, hooks, metrics, listeners) and hands back what a
+ * caller needs: the addresses it listens on, reload and shutdown. main.ts
+ * calls it for the real program; tests call it in-process on port 0.
+ *
+ * @module
+ */
+
+import type { Logger } from "@logtape/logtape";
+import { type Config, ConfigError, type ListenAddress } from "./config/config.ts";
+import { HookQueue } from "./hooks/queue.ts";
+import { LIMITS } from "./limits.ts";
+import { logger } from "./log.ts";
+import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
+import { Metrics } from "./metrics.ts";
+import { CertificateStore } from "./net/certificate_store.ts";
+import type { ConnectionObserver } from "./net/connection.ts";
+import { type MetricsEndpoint, serveMetrics } from "./net/metrics_endpoint.ts";
+import { formatListen, Server } from "./net/server.ts";
+import { AfterCommit } from "./pipeline/after_commit.ts";
+import { Pipeline } from "./pipeline/pipeline.ts";
+import { RecipientsFile } from "./pipeline/recipients_file.ts";
+import { Router } from "./pipeline/route.ts";
+import { MaildirTarget } from "./pipeline/targets/maildir.ts";
+import { VERSION } from "./version.ts";
+
+/** How the application is run, beyond its configuration. */
+export interface AppOptions {
+  /** The log category the instance logs under (default `["letterbox"]`). */
+  readonly logRoot?: readonly string[];
+}
+
+/** A running Letterbox. */
+export interface App {
+  /** The plain (STARTTLS) listeners' addresses, in configuration order. */
+  readonly listening: readonly ListenAddress[];
+  /** The implicit-TLS listeners' addresses. */
+  readonly listeningTls: readonly ListenAddress[];
+  /** The metrics endpoint's address, when metrics are on. */
+  readonly metricsAddress?: ListenAddress;
+  /** Re-reads the recipients file and the certificate (SIGHUP). */
+  reload(): Promise<void>;
+  /** Stops accepting, lets messages in DATA finish for up to `graceMs`, and stops everything. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Starts Letterbox; throws {@link ConfigError} (one line for the operator)
+ * when something the configuration names cannot be used.
+ */
+export async function startLetterbox(config: Config, options: AppOptions = {}): Promise<App> {
+  const log = (name: string): Logger => logger(name, options.logRoot);
+  const serverLog = log("server");
+
+  // Warnings wait until the listeners are open, so that a start that fails
+  // prints only its one line.
+  const warnings: (() => void)[] = [];
+  const certificates = await CertificateStore.load({
+    tls: config.tls,
+    certFile: config.tlsCert,
+    keyFile: config.tlsKey,
+    hostname: config.hostname,
+  }, serverLog);
+  if (certificates.selfSigned) {
+    warnings.push(() =>
+      serverLog.warn("No --tls-cert given: using a self-signed certificate for {hostname}", {
+        hostname: config.hostname,
+      })
+    );
+  }
+  if (config.domains.length === 0 && !config.recipients) {
+    warnings.push(() => serverLog.warn("No --domain given: accepting mail for any domain"));
+  }
+  const hookPayloads = config.hooks.length > 0
+    ? config.hookConcurrency * config.maxMessageSize * 4
+    : 0;
+  if (hookPayloads > LIMITS.hookPayloadBudget) {
+    warnings.push(() =>
+      serverLog.warn(
+        "--hook-concurrency {concurrency} x --max-message-size {size}: hook payloads may need " +
+          "{mib} MiB at once, near the 1 GiB heap; lower either",
+        {
+          concurrency: config.hookConcurrency,
+          size: config.maxMessageSize,
+          mib: Math.round(hookPayloads / 2 ** 20),
+        },
+      )
+    );
+  }
+
+  // Debris from a crash: files older than 36 hours in tmp/ (Maildir specification).
+  let staleRemoved = 0;
+  for (const maildir of await knownMaildirs(config.maildir)) {
+    staleRemoved += await removeStaleTmpFiles(maildir, LIMITS.staleTmpAge).catch(() => 0);
+  }
+  if (staleRemoved > 0) {
+    warnings.push(() =>
+      serverLog.warn("Removed {count} stale files from tmp/ folders", { count: staleRemoved })
+    );
+  }
+
+  const recipients = config.recipients
+    ? await RecipientsFile.load(config.recipients, serverLog)
+    : undefined;
+  const router = new Router({
+    maildir: config.maildir,
+    domains: config.domains,
+    defaultDomain: config.domains[0] ?? config.hostname,
+    recipients: recipients && (() => recipients.table),
+    subaddressFolders: config.subaddressFolders,
+  });
+  const metrics = config.metrics ? new Metrics() : undefined;
+  let hooks: HookQueue | undefined;
+  if (config.hooks.length > 0) {
+    hooks = new HookQueue({
+      hooks: config.hooks,
+      spool: config.hookSpool,
+      secret: config.hookSecret,
+      maxAttachmentBytes: config.hookMaxAttachmentBytes,
+      retryFor: config.hookRetryFor,
+      retryDelay: config.hookRetryDelay,
+      timeout: config.hookTimeout,
+      concurrency: config.hookConcurrency,
+      log: log("hooks"),
+    });
+    try {
+      await hooks.start();
+    } catch (error) {
+      throw new ConfigError(
+        `Cannot use the hook spool ${JSON.stringify(config.hookSpool)}: ${
+          error instanceof Error ? error.message : error
+        }`,
+      );
+    }
+  }
+  const pipeline = new Pipeline(
+    router,
+    {
+      target: new MaildirTarget(config.hostname),
+      checks: [],
+      maxMessageSize: config.maxMessageSize,
+    },
+    new AfterCommit({ hooks, metrics }),
+  );
+  const server = new Server({
+    session: {
+      hostname: config.hostname,
+      maxMessageSize: config.maxMessageSize,
+      maxRecipients: config.maxRecipients,
+      maxErrors: config.maxErrors,
+      requireTls: config.requireTls,
+    },
+    pipeline,
+    tlsContext: () => certificates.context,
+    commandTimeout: config.commandTimeout,
+    dataTimeout: config.dataTimeout,
+    greetDelay: config.greetDelay,
+    log: log("smtp"),
+    observer: metrics && metricsObserver(metrics),
+  }, {
+    maxConnections: config.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
+    proxyFrom: config.proxyFrom,
+  });
+  const stopEarly = async () => {
+    hooks?.stop();
+    await hooks?.settled();
+  };
+  let bound: ListenAddress[];
+  try {
+    bound = server.start([
+      ...config.listen.map((address) => ({ address, implicitTls: false })),
+      ...config.listenTls.map((address) => ({ address, implicitTls: true })),
+    ]);
+  } catch (error) {
+    await stopEarly();
+    throw error;
+  }
+  let endpoint: MetricsEndpoint | undefined;
+  if (config.metrics && metrics) {
+    try {
+      endpoint = serveMetrics(config.metrics, metrics);
+    } catch (error) {
+      await server.shutdown(0);
+      await stopEarly();
+      throw new ConfigError(
+        `Cannot serve --metrics on ${formatListen(config.metrics)}: ${
+          (error as { code?: string }).code ?? error
+        }`,
+      );
+    }
+    serverLog.info("Metrics on http://{address}/metrics", {
+      address: formatListen(endpoint.address),
+    });
+  }
+  certificates.watch();
+  for (const warn of warnings) warn();
+  serverLog.info("Letterbox {version} ready, delivering to {maildir}", {
+    version: VERSION,
+    maildir: config.maildir,
+  });
+
+  let stopped: Promise<void> | undefined;
+  return {
+    listening: bound.slice(0, config.listen.length),
+    listeningTls: bound.slice(config.listen.length),
+    metricsAddress: endpoint?.address,
+    async reload() {
+      await Promise.all([recipients?.reload(), certificates.reload("SIGHUP")]);
+    },
+    shutdown(graceMs = config.shutdownGrace) {
+      stopped ??= (async () => {
+        await server.shutdown(graceMs);
+        await certificates.close();
+        await endpoint?.shutdown();
+        await pipeline.settled();
+        await stopEarly();
+      })();
+      return stopped;
+    },
+  };
+}
+
+function metricsObserver(metrics: Metrics): ConnectionObserver {
+  return {
+    connectionOpened() {
+      metrics.connections.inc({ outcome: "accepted" });
+      metrics.connectionsOpen.add(1);
+    },
+    connectionRefused() {
+      metrics.connections.inc({ outcome: "refused" });
+    },
+    connectionClosed() {
+      metrics.connectionsOpen.add(-1);
+    },
+    commandRejected(code) {
+      metrics.rejectedCommands.inc({ code: String(code) });
+    },
+    tlsHandshake(ok) {
+      metrics.tlsHandshakes.inc({ result: ok ? "ok" : "failed" });
+    },
+  };
+}

@@ -1,0 +1,266 @@
+/**
+ * Drives one client: greets, reads commands, lets the session decide, carries
+ * out its actions (replies, DATA, STARTTLS, close) and enforces timeouts. Each
+ * recipient and each DATA stream goes to the pipeline; this file knows
+ * nothing of storage, hooks or metrics.
+ *
+ * @module
+ */
+
+import type { Logger } from "@logtape/logtape";
+import type tls from "node:tls";
+import { newQueueId } from "../pipeline/envelope.ts";
+import type { Pipeline } from "../pipeline/pipeline.ts";
+import type { Route } from "../pipeline/route.ts";
+import { LIMITS } from "../limits.ts";
+import { LineReader } from "../protocol/line_reader.ts";
+import { formatReply, greeting, REPLIES, type Reply } from "../protocol/replies.ts";
+import { Session, type SessionOptions, type Transaction } from "../protocol/session.ts";
+import { ReplyWriter } from "./reply_writer.ts";
+import { ReadTimeoutError, type Transport } from "./transport.ts";
+
+/** What connections and the server report as they go, for metrics. */
+export interface ConnectionObserver {
+  /** A connection was accepted. */
+  connectionOpened(): void;
+  /** A connection was refused by a connection limit. */
+  connectionRefused(): void;
+  /** An accepted connection ended. */
+  connectionClosed(): void;
+  /** A command was answered with a 4xx or 5xx reply. */
+  commandRejected(code: number): void;
+  /** A TLS handshake ended. */
+  tlsHandshake(ok: boolean): void;
+}
+
+/** What every connection of a listener shares. */
+export interface ConnectionOptions {
+  /** Session settings, except those that depend on the connection or come from the pipeline. */
+  readonly session: Omit<SessionOptions<Route>, "secure" | "tlsAvailable" | "routeRecipient">;
+  /** Where recipients are routed and messages go. */
+  readonly pipeline: Pipeline;
+  /** The current TLS context, or undefined when TLS is off. */
+  readonly tlsContext: () => tls.SecureContext | undefined;
+  /** True for implicit-TLS listeners: the handshake comes before the greeting. */
+  readonly implicitTls: boolean;
+  /** Waiting for one command line, in milliseconds. */
+  readonly commandTimeout: number;
+  /** The whole DATA phase, in milliseconds. */
+  readonly dataTimeout: number;
+  /** Wait before the greeting, in milliseconds, to catch early talkers; 0 = off. */
+  readonly greetDelay: number;
+  /** The logger; each connection adds its session id. */
+  readonly log: Logger;
+  /** Told about rejected commands and TLS handshakes, when metrics are on. */
+  readonly observer?: ConnectionObserver;
+}
+
+/** A short random id for one connection, on every log line it writes. */
+export function newSessionId(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(5)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/** One client connection from accept to close. */
+export class Connection {
+  readonly id: string = newSessionId();
+  readonly #transport: Transport;
+  readonly #options: ConnectionOptions;
+  readonly #log: Logger;
+  readonly #replies: ReplyWriter;
+  #reader: LineReader;
+  #session: Session<Route> | undefined;
+  #inData = false;
+  #shuttingDown = false;
+
+  /** Prepares to serve a freshly accepted transport. */
+  constructor(transport: Transport, options: ConnectionOptions) {
+    this.#transport = transport;
+    this.#options = options;
+    this.#log = options.log.with({ session: this.id });
+    this.#reader = new LineReader(transport);
+    this.#replies = new ReplyWriter(transport);
+  }
+
+  /**
+   * Asks the connection to end: an idle one gets 421 4.3.2 at once; one in
+   * DATA finishes its message, gets its reply, then 421.
+   */
+  shutdown(): void {
+    if (this.#shuttingDown) return;
+    this.#shuttingDown = true;
+    if (!this.#inData) {
+      this.#replies.send(REPLIES.shuttingDown)
+        .catch(() => {})
+        .finally(() => this.#transport.close());
+    }
+  }
+
+  /** Serves the client until it quits, times out, misbehaves or goes away. Never throws. */
+  async serve(): Promise<void> {
+    const transport = this.#transport;
+    const started = performance.now();
+    this.#log.info("Connection from {peer}", {
+      peer: `${transport.remoteAddress}:${transport.remotePort}`,
+    });
+    try {
+      await this.#run();
+    } catch (error) {
+      if (error instanceof ReadTimeoutError) {
+        this.#log.info("Timeout: closing with 421 4.4.2");
+        await this.#replies.send(REPLIES.timeout).catch(() => {});
+      } else {
+        this.#log.debug("Connection error: {error}", { error: describe(error) });
+      }
+    } finally {
+      transport.close();
+      this.#log.info("Disconnected {peer} after {ms} ms, tls={tls}", {
+        peer: transport.remoteAddress,
+        ms: Math.round(performance.now() - started),
+        tls: transport.tls ? transport.tls.protocol : "no",
+      });
+    }
+  }
+
+  async #run(): Promise<void> {
+    const options = this.#options;
+    const transport = this.#transport;
+    if (options.implicitTls) {
+      const context = options.tlsContext();
+      if (!context) throw new Error("No TLS certificate loaded");
+      await this.#startTls(context);
+    }
+    this.#session = this.#newSession();
+    if (options.greetDelay > 0) {
+      const before = await this.#beforeGreeting();
+      if (before === "gone") return;
+      if (before === "talked") {
+        this.#log.info("Early talker: closing with 554 5.5.1");
+        return await this.#replies.send(REPLIES.earlyTalker);
+      }
+    }
+    await this.#replies.send(greeting(options.session.hostname));
+    for (;;) {
+      if (this.#shuttingDown) return await this.#replies.send(REPLIES.shuttingDown);
+      transport.deadline = Date.now() + options.commandTimeout;
+      const read = await this.#reader.readLine(LIMITS.maxCommandLine);
+      if (read.kind === "eof") return;
+      const session = this.#session;
+      const action = read.kind === "too-long"
+        ? session.lineTooLong()
+        : session.handleLine(read.line);
+      if (action.reply.code >= 400) {
+        options.observer?.commandRejected(action.reply.code);
+        this.#log.info("Rejected {command}: {reply}", {
+          command: read.kind === "line" ? commandForLog(read.line) : "(line too long)",
+          reply: formatReply(action.reply).trimEnd(),
+        });
+      }
+      this.#replies.queue(action.reply);
+      switch (action.kind) {
+        case "reply":
+          // RFC 2920: hold replies while pipelined commands wait in the buffer.
+          if (this.#reader.buffered === 0) await this.#replies.flush();
+          break;
+        case "close":
+          await this.#replies.flush();
+          return;
+        case "start-tls": {
+          await this.#replies.flush();
+          this.#reader.discardBuffered();
+          const context = options.tlsContext();
+          if (!context) return;
+          await this.#startTls(context);
+          this.#reader = new LineReader(transport);
+          session.tlsStarted();
+          this.#log.info("TLS started: {protocol} {cipher}", { ...transport.tls });
+          break;
+        }
+        case "data": {
+          // From the 354 on, a shutdown waits for this message to finish.
+          this.#inData = true;
+          await this.#replies.flush();
+          const reply = await this.#receive(action.transaction);
+          if (reply === undefined) return;
+          this.#replies.queue(reply);
+          if (this.#reader.buffered === 0 || this.#shuttingDown) await this.#replies.flush();
+          break;
+        }
+      }
+    }
+  }
+
+  // A client that sends before our greeting is not waiting for it, as RFC 5321
+  // 3.1 requires: spambots pipelining blindly (what postscreen's pregreet test catches).
+  async #beforeGreeting(): Promise<"quiet" | "talked" | "gone"> {
+    const transport = this.#transport;
+    transport.deadline = Date.now() + this.#options.greetDelay;
+    try {
+      return await transport.read() === null ? "gone" : "talked";
+    } catch (error) {
+      if (error instanceof ReadTimeoutError) return "quiet";
+      throw error;
+    }
+  }
+
+  async #startTls(context: tls.SecureContext): Promise<void> {
+    try {
+      await this.#transport.startTls(context, LIMITS.tlsHandshakeTimeout);
+      this.#options.observer?.tlsHandshake(true);
+    } catch (error) {
+      this.#options.observer?.tlsHandshake(false);
+      throw error;
+    }
+  }
+
+  #newSession(): Session<Route> {
+    const pipeline = this.#options.pipeline;
+    return new Session<Route>({
+      ...this.#options.session,
+      routeRecipient: (recipient) => pipeline.route(recipient),
+      secure: this.#transport.tls !== undefined,
+      tlsAvailable: this.#options.tlsContext() !== undefined,
+    });
+  }
+
+  // Reads one message through the pipeline; the reply, or undefined when the client went away.
+  async #receive(transaction: Transaction<Route>): Promise<Reply | undefined> {
+    const session = this.#session!;
+    const transport = this.#transport;
+    const envelope = {
+      id: newQueueId(),
+      sender: transaction.sender,
+      routes: [...transaction.routes],
+      clientAddress: transport.remoteAddress,
+      heloName: session.greeting?.name ?? "unknown",
+      extended: session.greeting?.extended ?? false,
+      tls: transport.tls,
+      smtpUtf8: transaction.smtpUtf8,
+      receivedAt: new Date(),
+    };
+    transport.deadline = Date.now() + this.#options.dataTimeout;
+    transport.idleTimeout = LIMITS.dataReadGap;
+    transport.bulk = true;
+    try {
+      return await this.#options.pipeline.receive(this.#reader, envelope, session, this.#log);
+    } finally {
+      this.#inData = false;
+      transport.idleTimeout = Infinity;
+      transport.bulk = false;
+    }
+  }
+}
+
+// Commands are logged without their arguments past a bound, and never raw.
+const logDecoder = new TextDecoder();
+
+function commandForLog(line: Uint8Array): string {
+  return logDecoder.decode(line.subarray(0, 100));
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

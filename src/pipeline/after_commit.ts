@@ -1,0 +1,121 @@
+/**
+ * The after-commit stage: what follows a message's storing. Hook jobs are
+ * written to the spool before the 250 (a failure there cannot take the
+ * message back, so it is logged, not answered); then the metrics and the one
+ * log line per message, after the reply is known.
+ *
+ * @module
+ */
+
+import type { Logger } from "@logtape/logtape";
+import type { HookQueue } from "../hooks/queue.ts";
+import type { Metrics } from "../metrics.ts";
+import { formatAddress } from "../protocol/address.ts";
+import { formatReply, type Reply } from "../protocol/replies.ts";
+import type { Envelope } from "./envelope.ts";
+import { describe } from "./failure.ts";
+import { inspectMessage } from "./inspect.ts";
+import type { MessageResult } from "./message.ts";
+import type { StoredCopy } from "./targets/target.ts";
+
+/** What the after-commit stage reports to. */
+export interface AfterCommitOptions {
+  /** The hook queue, when hooks are configured. */
+  readonly hooks?: HookQueue;
+  /** Where counts go, when metrics are on. */
+  readonly metrics?: Metrics;
+}
+
+/** The work that follows each message. */
+export class AfterCommit {
+  readonly #options: AfterCommitOptions;
+  readonly #pending = new Set<Promise<void>>();
+
+  /** Creates the stage. */
+  constructor(options: AfterCommitOptions) {
+    this.#options = options;
+  }
+
+  /** Writes the hook jobs for a stored message; resolves once they are durable. */
+  async committed(envelope: Envelope, copies: readonly StoredCopy[], log: Logger): Promise<void> {
+    const hooks = this.#options.hooks;
+    if (!hooks) return;
+    try {
+      await hooks.enqueue({
+        queueId: envelope.id,
+        sender: envelope.sender ? formatAddress(envelope.sender) : "",
+        recipients: envelope.routes.map((route) => formatAddress(route.recipient)),
+        clientAddress: envelope.clientAddress,
+        heloName: envelope.heloName,
+        tls: envelope.tls ? `${envelope.tls.protocol} ${envelope.tls.cipher}` : null,
+        receivedAt: envelope.receivedAt.toISOString(),
+        files: copies.map((copy) => ({
+          maildir: copy.maildir,
+          name: copy.path.slice(copy.path.lastIndexOf("/") + 1),
+        })),
+      });
+    } catch (error) {
+      log.error("Could not queue hooks for {id}: {error}", {
+        id: envelope.id,
+        error: describe(error),
+      });
+    }
+  }
+
+  /** Counts the message and logs its one line, once its reply is known. */
+  answered(
+    envelope: Envelope,
+    result: Extract<MessageResult, { kind: "ended" }>,
+    reply: Reply,
+    log: Logger,
+  ): void {
+    const metrics = this.#options.metrics;
+    const queued = result.outcome.kind === "queued";
+    if (metrics) {
+      metrics.messages.inc({ code: String(reply.code) });
+      metrics.receivedBytes.inc({}, result.wireBytes);
+      metrics.recipientsPerMessage.observe(envelope.routes.length);
+      if (queued) metrics.deliverySeconds.observe((performance.now() - result.endOfData) / 1000);
+    }
+    if (!queued) {
+      // Our own faults (4xx from storing) are errors for the operator; a
+      // refusal by a check or the size limit is the system working.
+      if (result.storageFailed) {
+        log.error("Delivery of {id} failed: {error}", { id: envelope.id, error: result.failure });
+      }
+      log.info("Message {id} refused: {reply} ({why})", {
+        id: envelope.id,
+        reply: formatReply(reply).trimEnd(),
+        why: result.failure,
+      });
+      return;
+    }
+    const ms = Date.now() - envelope.receivedAt.getTime();
+    const summary = inspectMessage(result.prefix.bytes(), result.prefix.truncated).then(
+      (summary) => {
+        log.info(
+          "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
+            "subject {subject}, from {from}, {attachments} attachments, in {ms} ms",
+          {
+            id: envelope.id,
+            sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
+            recipients: envelope.routes.map((route) => formatAddress(route.recipient)).join(","),
+            size: result.size,
+            messageId: summary.messageId,
+            subject: summary.subject,
+            from: summary.from,
+            attachments: summary.truncated ? `${summary.attachments}+` : summary.attachments,
+            ms: Math.round(ms),
+          },
+        );
+      },
+    );
+    this.#pending.add(summary);
+    summary.finally(() => this.#pending.delete(summary));
+  }
+
+  /** Resolves once every log line under way is written (for shutdown). */
+  async settled(): Promise<void> {
+    await Promise.all(this.#pending);
+  }
+}

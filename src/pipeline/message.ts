@@ -1,0 +1,155 @@
+/**
+ * The DATA unit: reads one message from a data source, streams it into the
+ * target and the checks, asks the checks for their verdict once it has all
+ * arrived, and commits or aborts. Bytes in, an outcome out; it knows no
+ * socket, so it is tested over an in-memory stream. A 250 comes only from
+ * here, and only after the target's commit resolved with stored copies.
+ *
+ * @module
+ */
+
+import type { DataResult } from "../protocol/line_reader.ts";
+import type { Check, CheckRun, Verdict } from "./checks/check.ts";
+import { decide } from "./checks/check.ts";
+import type { Envelope } from "./envelope.ts";
+import { describe, replyFor } from "./failure.ts";
+import { MessagePrefix } from "./inspect.ts";
+import type { StoredCopy, Target, TargetTransaction } from "./targets/target.ts";
+import type { DataOutcome } from "../protocol/session.ts";
+
+/** Where message content comes from: the connection's reader, or a test's bytes. */
+export interface DataSource {
+  /** Reads one DATA section into `sink`, dropping content past `maxBytes` (see LineReader). */
+  readData(
+    sink: (content: Uint8Array, lines: number) => Promise<void> | void,
+    maxBytes: number,
+  ): Promise<DataResult>;
+}
+
+/** The stages a message passes through. */
+export interface MessageStages {
+  /** Where accepted messages are stored. */
+  readonly target: Target;
+  /** What decides about each message before it is stored, in order. */
+  readonly checks: readonly Check[];
+  /** Largest message, in octets on the wire. */
+  readonly maxMessageSize: number;
+}
+
+/** How one message ended. */
+export type MessageResult =
+  /** The client went away before the end of data; nothing was stored. */
+  | { readonly kind: "gone" }
+  | {
+    readonly kind: "ended";
+    /** What the session turns into the reply. */
+    readonly outcome: DataOutcome;
+    /** The stored copies; empty unless the outcome is `queued`. */
+    readonly copies: readonly StoredCopy[];
+    /** Why the message was not stored, for the log; undefined when it was. */
+    readonly failure?: string;
+    /** True when storing failed (our fault), rather than a check or the size limit refusing. */
+    readonly storageFailed: boolean;
+    /** Decoded octets (LF line ends). */
+    readonly size: number;
+    /** Octets on the wire, end marker excluded. */
+    readonly wireBytes: number;
+    /** The start of the message, for the log summary. */
+    readonly prefix: MessagePrefix;
+    /** performance.now() at the end of data: what follows is storing and checking. */
+    readonly endOfData: number;
+  };
+
+/** Reads and stores one message; never throws for a storage or check failure. */
+export async function receiveMessage(
+  source: DataSource,
+  envelope: Envelope,
+  stages: MessageStages,
+): Promise<MessageResult> {
+  let transaction: TargetTransaction | undefined;
+  let failure: unknown;
+  try {
+    transaction = await stages.target.begin(envelope);
+  } catch (error) {
+    failure = error;
+  }
+  const runs: { check: string; run: CheckRun }[] = stages.checks.map((check) => ({
+    check: check.name,
+    run: check.begin(envelope),
+  }));
+  const watchers = runs.filter(({ run }) => run.write !== undefined);
+  const prefix = new MessagePrefix();
+  let size = 0;
+  let result: DataResult;
+  try {
+    result = await source.readData(async (content, lines) => {
+      prefix.add(content);
+      size += content.length;
+      for (const { run } of watchers) run.write!(content);
+      if (transaction && failure === undefined) {
+        // A failed write ends storing, not reading: the client still gets
+        // its reply after the end of data.
+        await transaction.write(content, lines).catch((error) => failure = error);
+      }
+    }, stages.maxMessageSize);
+  } catch (error) {
+    await transaction?.abort();
+    throw error;
+  }
+  const endOfData = performance.now();
+  if (result.kind === "eof") {
+    await transaction?.abort();
+    return { kind: "gone" };
+  }
+  const ended = (
+    outcome: DataOutcome,
+    copies: readonly StoredCopy[] = [],
+    why?: string,
+    storageFailed = false,
+  ) => ({
+    kind: "ended" as const,
+    outcome,
+    copies,
+    failure: why,
+    storageFailed,
+    size,
+    wireBytes: result.wireBytes,
+    prefix,
+    endOfData,
+  });
+  if (result.tooBig) {
+    await transaction?.abort();
+    return ended({ kind: "too-big" }, [], "message too big");
+  }
+  if (failure !== undefined || !transaction) {
+    await transaction?.abort();
+    return ended({ kind: "refused", reply: replyFor(failure) }, [], describe(failure), true);
+  }
+  const verdicts = await Promise.all(runs.map(async ({ check, run }) => ({
+    check,
+    verdict: await run.verdict().catch((error): Verdict => ({
+      action: "refuse",
+      reply: replyFor(error),
+      reason: describe(error),
+    })),
+  })));
+  const decision = decide(verdicts);
+  if (decision.kind === "refuse") {
+    await transaction.abort();
+    return ended(
+      { kind: "refused", reply: decision.reply },
+      [],
+      `${decision.check}: ${decision.reason}`,
+    );
+  }
+  try {
+    const copies = await transaction.commit(decision.disposition);
+    // Targets promise at least one copy; a 250 for none would lose the message.
+    if (copies.length === 0) {
+      return ended({ kind: "refused", reply: replyFor(undefined) }, [], "no copy was stored", true);
+    }
+    return ended({ kind: "queued", id: envelope.id }, copies);
+  } catch (error) {
+    return ended({ kind: "refused", reply: replyFor(error) }, [], describe(error), true);
+  }
+}

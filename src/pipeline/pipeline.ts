@@ -1,0 +1,71 @@
+/**
+ * The receiving pipeline, in the order a message meets it: RCPT -> route
+ * (decided once), then at DATA the message unit (checks, then the target),
+ * then the after-commit stage (hook jobs before the 250; metrics and the log
+ * line after). The connection drives the protocol and hands each recipient
+ * and each DATA stream here.
+ *
+ * @module
+ */
+
+import type { Logger } from "@logtape/logtape";
+import type { Address } from "../protocol/address.ts";
+import type { Reply } from "../protocol/replies.ts";
+import type { Session } from "../protocol/session.ts";
+import type { AfterCommit } from "./after_commit.ts";
+import type { Envelope } from "./envelope.ts";
+import { type DataSource, type MessageStages, receiveMessage } from "./message.ts";
+import type { Route, Router } from "./route.ts";
+
+/** Every stage, wired once for the whole server. */
+export class Pipeline {
+  readonly #router: Router;
+  readonly #stages: MessageStages;
+  readonly #afterCommit: AfterCommit;
+
+  /** Creates the pipeline from its stages. */
+  constructor(router: Router, stages: MessageStages, afterCommit: AfterCommit) {
+    this.#router = router;
+    this.#stages = stages;
+    this.#afterCommit = afterCommit;
+  }
+
+  /** The largest message accepted, in octets. */
+  get maxMessageSize(): number {
+    return this.#stages.maxMessageSize;
+  }
+
+  /** RCPT: the recipient's route, or the reply that refuses it. */
+  route(recipient: Address): Route | Reply {
+    return this.#router.route(recipient);
+  }
+
+  /**
+   * DATA: reads the message from `source`, stores it, and returns the reply
+   * (the session's, so that the transaction ends with it), or undefined when
+   * the client went away before the end of data.
+   */
+  async receive(
+    source: DataSource,
+    envelope: Envelope,
+    session: Session<Route>,
+    log: Logger,
+  ): Promise<Reply | undefined> {
+    const result = await receiveMessage(source, envelope, this.#stages);
+    if (result.kind === "gone") {
+      log.info("Lost connection in DATA, message {id} discarded", { id: envelope.id });
+      return undefined;
+    }
+    if (result.outcome.kind === "queued") {
+      await this.#afterCommit.committed(envelope, result.copies, log);
+    }
+    const reply = session.finishData(result.outcome);
+    this.#afterCommit.answered(envelope, result, reply, log);
+    return reply;
+  }
+
+  /** Resolves once after-commit work under way is done (for shutdown). */
+  settled(): Promise<void> {
+    return this.#afterCommit.settled();
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * The Maildir target: one copy of each message per distinct destination
+ * Maildir of its routes, each with its own trace headers, all durable before
+ * commit resolves. Where the copies go was decided at RCPT (the routes);
+ * nothing here looks a recipient up again.
+ *
+ * @module
+ */
+
+import type { Address } from "../../protocol/address.ts";
+import { REPLIES } from "../../protocol/replies.ts";
+import { ensureMaildir, MaildirFile, syncDirectoryShared } from "../../maildir/maildir.ts";
+import type { Envelope } from "../envelope.ts";
+import { ReplyError, storageFailure } from "../failure.ts";
+import { traceHeaders } from "../trace.ts";
+import type { Disposition, StoredCopy, Target, TargetTransaction } from "./target.ts";
+
+const encoder = new TextEncoder();
+
+/** The Maildir++ folder junk goes to; Dovecot shows it as "Junk". */
+export const JUNK_FOLDER = ".Junk";
+
+interface Copy {
+  readonly maildir: string;
+  readonly folder: boolean;
+  readonly recipients: Address[];
+  /** The final mailboxes this copy is for (aliases expanded), for Delivered-To. */
+  readonly mailboxes: string[];
+  file?: MaildirFile;
+}
+
+/** Stores messages into the Maildirs their routes name. */
+export class MaildirTarget implements Target {
+  readonly #hostname: string;
+
+  /** Creates a target that names itself `hostname` in trace headers and file names. */
+  constructor(hostname: string) {
+    this.#hostname = hostname;
+  }
+
+  /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
+  async begin(envelope: Envelope): Promise<TargetTransaction> {
+    const byMaildir = new Map<string, Copy>();
+    for (const { recipient, destinations } of envelope.routes) {
+      for (const destination of destinations) {
+        let copy = byMaildir.get(destination.maildir);
+        if (!copy) {
+          byMaildir.set(
+            destination.maildir,
+            copy = {
+              maildir: destination.maildir,
+              folder: destination.folder,
+              recipients: [],
+              mailboxes: [],
+            },
+          );
+        }
+        if (!copy.recipients.includes(recipient)) copy.recipients.push(recipient);
+        if (!copy.mailboxes.includes(destination.mailbox)) copy.mailboxes.push(destination.mailbox);
+      }
+    }
+    const copies = [...byMaildir.values()];
+    // A 250 must stand for at least one stored copy.
+    if (copies.length === 0) {
+      throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
+    }
+    const transaction = new MaildirTransaction(copies);
+    try {
+      await settleAll(copies.map(async (copy) => {
+        copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder);
+        await copy.file.write(
+          encoder.encode(traceHeaders(envelope, this.#hostname, copy.mailboxes, copy.recipients)),
+        );
+        copy.file.markInsertionPoint();
+      }));
+    } catch (error) {
+      await transaction.abort();
+      throw storageFailure(error);
+    }
+    return transaction;
+  }
+}
+
+// A copy's Junk folder: beside the inbox, also for a copy bound for a +tag folder.
+function junkMaildir(copy: Copy): string {
+  const inbox = copy.folder ? copy.maildir.slice(0, copy.maildir.lastIndexOf("/")) : copy.maildir;
+  return `${inbox}/${JUNK_FOLDER}`;
+}
+
+class MaildirTransaction implements TargetTransaction {
+  readonly #copies: Copy[];
+  #done = false;
+
+  constructor(copies: Copy[]) {
+    this.#copies = copies;
+  }
+
+  async write(content: Uint8Array, lines?: number): Promise<void> {
+    try {
+      if (this.#copies.length === 1) return await this.#copies[0].file!.write(content, lines);
+      // A write still in flight must not be reading a buffer that the abort
+      // hands back to the pool.
+      await settleAll(this.#copies.map((copy) => copy.file!.write(content, lines)));
+    } catch (error) {
+      throw storageFailure(error);
+    }
+  }
+
+  async commit(disposition: Disposition): Promise<StoredCopy[]> {
+    this.#done = true;
+    const insert = encoder.encode(disposition.headerFields);
+    const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
+    const into = this.#copies.map((copy) => disposition.junk ? junkMaildir(copy) : copy.maildir);
+    try {
+      // With Promise.all, a copy failing early could let another rename into
+      // new/ after the clean-up.
+      await settleAll(this.#copies.map(async (copy, i) => {
+        if (into[i] !== copy.maildir) await ensureMaildir(into[i], true);
+        const path = await copy.file!.commit(insert, into[i]);
+        stored[i] = { maildir: into[i], path, recipients: copy.recipients };
+      }));
+      await Promise.all([...new Set(into.map((dir) => `${dir}/new`))].map(syncDirectoryShared));
+      return stored as StoredCopy[];
+    } catch (error) {
+      // All or nothing: a copy already in new/ is taken back, so the 4xx that
+      // follows is honest and the client's retry does not duplicate it.
+      await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
+      await Promise.all(stored.map((copy) => copy && Deno.remove(copy.path).catch(() => {})));
+      throw storageFailure(error);
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
+  }
+}
+
+/**
+ * Waits for every promise, then fails with the first failure, if any: unlike
+ * Promise.all, nothing is still running on a copy when the caller cleans up.
+ */
+async function settleAll(promises: Promise<unknown>[]): Promise<void> {
+  const outcomes = await Promise.allSettled(promises);
+  const failed = outcomes.find((outcome) => outcome.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
