@@ -1,5 +1,6 @@
-import { type Config, ConfigError, parseConfig, parseSize } from "../src/config/config.ts";
-import { assertEquals, assertThrows } from "./_assert.ts";
+import { type Config, ConfigError, HELP, parseConfig, parseSize } from "../src/config/config.ts";
+import { envName, type Setting, SETTINGS } from "../src/config/settings.ts";
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "./_assert.ts";
 
 function config(args: string[], env: Record<string, string> = {}): Config {
   const invocation = parseConfig(args, (name) => env[name], () => "host.test");
@@ -105,4 +106,53 @@ Deno.test("parseConfig() marks PROXY listeners per address or all at once", () =
     error(["--proxy-from", "10.0.0.0/33"]),
     'Cannot use --proxy-from "10.0.0.0/33": write an address range such as 10.0.0.0/8 or 2001:db8::/32',
   );
+});
+
+Deno.test("--help is made from the settings table: every row, its placeholder and its default", () => {
+  for (const setting of Object.values(SETTINGS) as Setting[]) {
+    const line = HELP.split("\n").findIndex((l) => l.startsWith(`  --${setting.flag}`));
+    assert(line !== -1, setting.flag);
+    const text = HELP.split("\n").slice(line, line + 2).join(" ");
+    if (setting.default !== undefined) assertStringIncludes(text, `(default ${setting.default})`);
+  }
+});
+
+Deno.test("switches take =true and =false, and a flag beats the environment both ways", () => {
+  assertEquals(config(["--require-tls=false"], { LETTERBOX_REQUIRE_TLS: "1" }).requireTls, false);
+  assertEquals(config(["--require-tls"], { LETTERBOX_REQUIRE_TLS: "0" }).requireTls, true);
+  assertEquals(config(["--no-tls=false"]).tls, true);
+  assertEquals(config(["--no-tls=true"]).tls, false);
+  assertEquals(
+    error(["--no-tls=maybe"]),
+    'Cannot use --no-tls "maybe": write true or false',
+  );
+});
+
+Deno.test("values that look like flags or are empty are explained, not called unknown options", () => {
+  assertEquals(
+    error(["--greet-delay", "-1"]),
+    'Cannot use --greet-delay "-1": it must be a number of seconds from 0 to 86400',
+  );
+  assertEquals(
+    error(["--domain", ""]),
+    'Cannot use --domain "": it must be a domain name such as example.com',
+  );
+  assertEquals(error(["--maildir"]), "Cannot use --maildir: it needs a value; see --help");
+  assertEquals(
+    error(["--maildir", "/var/vmail/{domain"]),
+    'Cannot use --maildir "/var/vmail/{domain": a brace is not closed; placeholders are {domain}, {user} and {local}',
+  );
+});
+
+Deno.test("every environment name is LETTERBOX_ and the flag; the old plural names still work", () => {
+  assertEquals(config([], { LETTERBOX_DOMAIN: "a.example,b.example" }).domains, [
+    "a.example",
+    "b.example",
+  ]);
+  assertEquals(config([], { LETTERBOX_DOMAINS: "c.example" }).domains, ["c.example"]);
+  assertEquals(config([], { LETTERBOX_HOOK: "*=https://h.example/" }).hooks.length, 1);
+  assertEquals(config([], { LETTERBOX_HOOKS: "*=https://h.example/" }).hooks.length, 1);
+  for (const setting of Object.values(SETTINGS) as Setting[]) {
+    assertEquals(envName(setting), `LETTERBOX_${setting.flag.toUpperCase().replaceAll("-", "_")}`);
+  }
 });
