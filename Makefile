@@ -76,7 +76,7 @@ test: deno deps certs
 	"$(DENO)" fmt --check
 	"$(DENO)" lint
 	"$(DENO)" check main.ts src/ tests/ bench/
-	"$(DENO)" test --allow-all --frozen tests/
+	"$(DENO)" test --allow-all --frozen --parallel tests/
 
 bench: deno deps certs
 	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)

@@ -1,10 +1,17 @@
 /**
- * Test helpers: start the real program (`deno run main.ts` with the same kind
- * of narrow permissions `make build` bakes in) on a free loopback port, and a
- * small raw SMTP client over `Deno.connect` / `Deno.startTls`.
+ * Test helpers: start Letterbox in-process on a free loopback port (the
+ * application unit, as main.ts starts it), or as the real program (`deno run
+ * main.ts` with the narrow permissions `make build` bakes in) for tests of
+ * signals, permissions and whole-process behaviour; and a small raw SMTP
+ * client over `Deno.connect` / `Deno.startTls`.
  *
  * @module
  */
+
+import { configure, getJsonLinesFormatter, type LogRecord } from "@logtape/logtape";
+import { type App, startLetterbox } from "../src/app.ts";
+import { parseConfig } from "../src/config/config.ts";
+import { LOG_LEVELS } from "../src/log.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 /** The repository root. */
@@ -18,17 +25,113 @@ export const CERTS = {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** A running Letterbox process. */
-export interface RunningServer {
+/** A running Letterbox, in this process or another. */
+export interface TestServer {
   readonly port: number;
   readonly tlsPort?: number;
   readonly maildir: string;
-  /** Every log line so far, parsed from JSON. */
+  /** Every log line so far, as the JSON log format writes it. */
   readonly logs: Record<string, unknown>[];
-  /** Stops the process (SIGTERM) and waits for it; returns its exit code. */
+  /** Stops the server and waits for it; returns its exit code. */
+  stop(): Promise<number>;
+}
+
+/** A Letterbox started in this process. */
+export interface InProcessServer extends TestServer {
+  /** Re-reads the recipients file and the certificate, as SIGHUP does. */
+  reload(): Promise<void>;
+}
+
+/** A running Letterbox process. */
+export interface RunningServer extends TestServer {
+  /** Stops the process (SIGTERM unless told) and waits for it; returns its exit code. */
   stop(signal?: Deno.Signal): Promise<number>;
   /** The process, for tests that need it. */
   readonly process: Deno.ChildProcess;
+}
+
+interface ServerOptions {
+  tlsListener?: boolean;
+  maildir?: string;
+  useTestCert?: boolean;
+}
+
+/** The arguments every test server starts with, before the test's own (which win). */
+function baseArgs(maildir: string, options: ServerOptions): string[] {
+  return [
+    "--listen",
+    "127.0.0.1:0",
+    ...(options.tlsListener ? ["--listen-tls", "127.0.0.1:0"] : []),
+    "--maildir",
+    maildir,
+    "--hostname",
+    "mx.test",
+    "--log-format",
+    "json",
+    ...(options.useTestCert === false ? [] : ["--tls-cert", CERTS.cert, "--tls-key", CERTS.key]),
+  ];
+}
+
+// In-process servers log under ["letterbox", "tN"]; one sink hands each
+// record, as JSON, to its server's list, at that server's level.
+const instances = new Map<string, { logs: Record<string, unknown>[]; level: number }>();
+let configured: Promise<void> | undefined;
+let instanceCount = 0;
+const jsonLine = getJsonLinesFormatter();
+
+function routeLog(record: LogRecord): void {
+  const instance = instances.get(String(record.category[1]));
+  if (!instance || LOG_LEVELS.indexOf(record.level as typeof LOG_LEVELS[number]) < instance.level) {
+    return;
+  }
+  instance.logs.push(JSON.parse(jsonLine(record)));
+}
+
+/**
+ * Starts Letterbox in this process with `args` on 127.0.0.1:0 (plus an
+ * implicit-TLS listener when `tlsListener` is set), a fresh Maildir, and the
+ * test certificate.
+ */
+export async function startServer(
+  args: string[] = [],
+  options: ServerOptions = {},
+): Promise<InProcessServer> {
+  configured ??= configure({
+    sinks: { tests: routeLog },
+    loggers: [{ category: ["letterbox"], lowestLevel: "trace", sinks: ["tests"] }],
+  });
+  await configured;
+  const maildir = options.maildir ?? await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  const invocation = parseConfig(
+    [...baseArgs(maildir, options), ...args],
+    () => undefined,
+    () => "mx.test",
+  );
+  if (invocation.kind !== "run") throw new Error("not a run");
+  const name = `t${++instanceCount}`;
+  const logs: Record<string, unknown>[] = [];
+  instances.set(name, { logs, level: LOG_LEVELS.indexOf(invocation.config.logLevel) });
+  let app: App;
+  try {
+    app = await startLetterbox(invocation.config, { logRoot: ["letterbox", name] });
+  } catch (error) {
+    instances.delete(name);
+    if (!options.maildir) await Deno.remove(maildir, { recursive: true }).catch(() => {});
+    throw error;
+  }
+  return {
+    port: app.listening[0].port,
+    tlsPort: app.listeningTls[0]?.port,
+    maildir,
+    logs,
+    reload: () => app.reload(),
+    async stop() {
+      await app.shutdown();
+      instances.delete(name);
+      if (!options.maildir) await Deno.remove(maildir, { recursive: true }).catch(() => {});
+      return 0;
+    },
+  };
 }
 
 /**
@@ -47,38 +150,22 @@ export function serverPermissions(maildirRoot: string): string[] {
 }
 
 /**
- * Starts Letterbox with `args` on 127.0.0.1:0 (plus an implicit-TLS listener
- * when `tls` is set), a fresh Maildir, and the test certificate.
+ * Starts the real program with `args` on 127.0.0.1:0 (plus an implicit-TLS
+ * listener when `tlsListener` is set), a fresh Maildir, and the test
+ * certificate: for tests of signals, permissions and the whole process.
  */
-export async function startServer(
+export async function spawnServer(
   args: string[] = [],
-  options: {
-    tlsListener?: boolean;
-    maildir?: string;
-    useTestCert?: boolean;
-    permissions?: string[];
-  } = {},
+  options: ServerOptions & { permissions?: string[] } = {},
 ): Promise<RunningServer> {
   const maildir = options.maildir ?? await Deno.makeTempDir({ prefix: "letterbox-test-" });
-  const certArgs = options.useTestCert === false
-    ? []
-    : ["--tls-cert", CERTS.cert, "--tls-key", CERTS.key];
   const process = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       ...serverPermissions(maildir),
       ...(options.permissions ?? []),
       `${ROOT}/main.ts`,
-      "--listen",
-      "127.0.0.1:0",
-      ...(options.tlsListener ? ["--listen-tls", "127.0.0.1:0"] : []),
-      "--maildir",
-      maildir,
-      "--hostname",
-      "mx.test",
-      "--log-format",
-      "json",
-      ...certArgs,
+      ...baseArgs(maildir, options),
       ...args,
     ],
     cwd: ROOT,

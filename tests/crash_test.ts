@@ -5,7 +5,7 @@
  * kill moments (seeded, so a failure can be replayed).
  */
 
-import { newFiles, startServer } from "./_server.ts";
+import { newFiles, spawnServer } from "./_server.ts";
 import { type LoadMessage, seededRandom, sendMessages } from "./_load.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
@@ -43,7 +43,7 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
     const root = await Deno.makeTempDir({ prefix: "letterbox-crash-" });
     const maildir = `${root}/Maildir`;
     const args = ["--maildir", maildir, "--no-tls"];
-    const server = await startServer(args, { maildir: root, useTestCert: false });
+    const server = await spawnServer(args, { maildir: root, useTestCert: false });
     const messages = makeMessages(random, round);
     const byId = new Map(messages.map((m) => [m.id, m]));
     // Kill after a random number of acknowledgements, at least 2,000.
@@ -66,7 +66,7 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
     await server.stop();
 
     // Restart over the same Maildir: it must start, and the files must be right.
-    const restarted = await startServer(args, { maildir: root, useTestCert: false });
+    const restarted = await spawnServer(args, { maildir: root, useTestCert: false });
     try {
       const names = await newFiles(maildir);
       const found = new Set<string>();

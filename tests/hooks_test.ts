@@ -4,7 +4,7 @@
  */
 
 import { hmacHex } from "../src/hooks/queue.ts";
-import { newFiles, startServer, TestClient } from "./_server.ts";
+import { newFiles, spawnServer, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertLess } from "./_assert.ts";
 
 const ATTACHMENT = Uint8Array.from({ length: 2560 }, (_, i) => i % 256);
@@ -152,7 +152,7 @@ Deno.test("an exec hook gets the raw message on stdin byte-exact, the envelope i
     `#!/bin/sh\ncat > "${out}/stdin"\nenv | grep ^LETTERBOX_ | sort > "${out}/env"\ncp "$LETTERBOX_PAYLOAD" "${out}/payload.json"\n`,
   );
   await Deno.chmod(script, 0o755);
-  const server = await startServer([
+  const server = await spawnServer([
     "--maildir",
     `${root}/Maildir`,
     "--hook",

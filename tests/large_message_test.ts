@@ -3,7 +3,7 @@
  * by more than 32 MB over an idle server, and arrives whole.
  */
 
-import { newFiles, startServer, TestClient } from "./_server.ts";
+import { newFiles, spawnServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 
 /** Reads a field such as VmRSS or VmHWM (peak) from /proc, in bytes. */
@@ -18,7 +18,7 @@ const MESSAGE_BYTES = 200 * 1024 * 1024;
 const MAX_GROWTH = 32 * 1024 * 1024;
 
 Deno.test("a 200 MB message streams to disk with flat memory and arrives whole", async () => {
-  const server = await startServer(["--max-message-size", "300M", "--no-tls"], {
+  const server = await spawnServer(["--max-message-size", "300M", "--no-tls"], {
     useTestCert: false,
   });
   const client = await TestClient.connect(server.port);

@@ -4,7 +4,7 @@
  */
 
 import { parseRecipients, RecipientsError, resolveRecipient } from "../src/pipeline/recipients.ts";
-import { newFiles, readMessages, startServer, TestClient, waitForLog } from "./_server.ts";
+import { newFiles, readMessages, spawnServer, TestClient, waitForLog } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "./_assert.ts";
 
 const FILE = `# who we take mail for
@@ -76,7 +76,7 @@ Deno.test("parseRecipients() names the line of each mistake", () => {
 Deno.test("the recipients file decides RCPT, aliases expand to one copy each, and +tags go to folders", async () => {
   const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
   await Deno.writeTextFile(`${root}/recipients`, FILE);
-  const server = await startServer(
+  const server = await spawnServer(
     [
       "--maildir",
       `${root}/mail/{domain}/{user}`,
@@ -142,7 +142,7 @@ Deno.test("a reload between RCPT and DATA cannot lose an accepted message: its r
     `${root}/recipients`,
     "alice@example.com\nteam@example.com: alice@example.com, carol@example.com\ncarol@example.com\n",
   );
-  const server = await startServer(
+  const server = await spawnServer(
     ["--maildir", `${root}/mail/{user}`, "--recipients", `${root}/recipients`],
     { maildir: root },
   );

@@ -3,7 +3,7 @@
  * socket client, and the files it leaves in the Maildir.
  */
 
-import { newFiles, readMessages, startServer, TestClient } from "./_server.ts";
+import { newFiles, readMessages, spawnServer, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
 async function greeted(port: number): Promise<TestClient> {
@@ -312,7 +312,7 @@ Deno.test("an idle client is told 421 4.4.2 when the command timeout passes", as
 });
 
 Deno.test("SIGTERM lets a message in DATA finish, tells idle clients 421 4.3.2, and exits 0", async () => {
-  const server = await startServer();
+  const server = await spawnServer();
   const idle = await greeted(server.port);
   const busy = await greeted(server.port);
   try {

@@ -3,7 +3,7 @@
  * dropping connections; a broken new pair keeps the old one in force.
  */
 
-import { CERTS, run, startServer, TestClient, waitForLog } from "./_server.ts";
+import { CERTS, run, spawnServer, TestClient, waitForLog } from "./_server.ts";
 import { assertEquals, assertNotEquals } from "./_assert.ts";
 
 /** The SHA-256 fingerprint of the certificate a new STARTTLS connection is shown. */
@@ -76,7 +76,7 @@ Deno.test("a replaced certificate is used by the next connection while existing 
   await Deno.mkdir(`${root}/tls`);
   await Deno.copyFile(CERTS.cert, `${root}/tls/cert.pem`);
   await Deno.copyFile(CERTS.key, `${root}/tls/key.pem`);
-  const server = await startServer([
+  const server = await spawnServer([
     "--tls-cert",
     `${root}/tls/cert.pem`,
     "--tls-key",

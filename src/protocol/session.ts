@@ -92,6 +92,18 @@ const FORBIDDEN_VERBS = new Set(["GET", "POST", "HEAD", "PUT", "CONNECT"]);
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * What a command needs before it is dispatched: a greeting first (RFC 5321
+ * 4.1.4), and, with --require-tls, TLS (RFC 3207 4: 530 5.7.0). One table,
+ * checked in one place, instead of a check at the top of each handler.
+ */
+const GATES: ReadonlyMap<string, { readonly needsGreeting: boolean; readonly needsTls: boolean }> =
+  new Map([
+    ["MAIL", { needsGreeting: true, needsTls: true }],
+    ["RCPT", { needsGreeting: true, needsTls: true }],
+    ["DATA", { needsGreeting: true, needsTls: true }],
+  ]);
+
 /** The state of one SMTP session (one connection, across STARTTLS). */
 export class Session<R extends RoutedRecipient = RoutedRecipient> {
   #options: SessionOptions<R>;
@@ -141,6 +153,13 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
   /** Handles one decoded command line. */
   handle(line: string): Action<R> {
     const { verb, argument } = parseCommandLine(line);
+    const gate = GATES.get(verb);
+    if (gate) {
+      if (gate.needsGreeting && !this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
+      if (gate.needsTls && this.#options.requireTls && !this.#secure) {
+        return this.#fail(REPLIES.tlsRequired);
+      }
+    }
     switch (verb) {
       case "EHLO":
         return this.#hello(argument, true);
@@ -214,8 +233,6 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
 
   // greeted -> in a transaction, waiting for RCPT.
   #mail(argument: string): Action<R> {
-    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
-    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     if (this.#transaction) return this.#fail(REPLIES.badSequenceNestedMail);
     const parsed = parseMailArgument(argument);
     if (!parsed.ok) {
@@ -231,8 +248,6 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
 
   // in a transaction -> one more recipient.
   #rcpt(argument: string): Action<R> {
-    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
-    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     const transaction = this.#transaction;
     if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
     const parsed = parseRcptArgument(argument, transaction.smtpUtf8);
@@ -258,8 +273,6 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
 
   // in a transaction with recipients -> reading the message.
   #data(argument: string): Action<R> {
-    if (!this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
-    if (this.#options.requireTls && !this.#secure) return this.#fail(REPLIES.tlsRequired);
     if (argument !== "") return this.#fail(REPLIES.noArguments);
     const transaction = this.#transaction;
     if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
