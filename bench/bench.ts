@@ -12,7 +12,11 @@
  * a round: neighbours in time, not best against best.
  *
  * Usage: deno run -A bench/bench.ts [--seconds 2] [--rounds 5] [--quick]
- *        [--only CxS] [--out FILE]
+ *        [--only CxS] [--out FILE] [--baseline DIR]
+ *
+ * --baseline DIR runs a second Letterbox from another checkout (e.g. a git
+ * worktree of the previous commit) in the same alternating rounds, plain
+ * only, and reports this tree's msg/s as a ratio to it: before/after from one run.
  *
  * @module
  */
@@ -24,7 +28,7 @@ const parseArgs = untypedParseArgs as (
   options: { string: string[]; boolean: string[]; default: Record<string, unknown> },
 ) => Record<string, unknown>;
 const flags = parseArgs(Deno.args, {
-  string: ["seconds", "rounds", "out", "only", "server-v8-flags"],
+  string: ["seconds", "rounds", "out", "only", "server-v8-flags", "baseline"],
   boolean: ["quick"],
   default: { seconds: "2", rounds: "5" },
 });
@@ -35,6 +39,7 @@ const SECONDS = Number(flags.seconds);
 const QUICK = flags.quick === true;
 const ROUNDS = QUICK ? 2 : Number(flags.rounds);
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const BASELINE = flags.baseline as string | undefined;
 const CA = await Deno.readTextFile(`${ROOT}/certs/ca.pem`);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -300,7 +305,7 @@ function started(child: Deno.ChildProcess, port: number, cleanUp?: () => Promise
   };
 }
 
-async function startLetterbox(maildir: string): Promise<Started> {
+async function startLetterbox(maildir: string, root: string = ROOT): Promise<Started> {
   const args = [
     "run",
     // The V8 flags make run and make build use, unless an experiment says otherwise.
@@ -310,7 +315,7 @@ async function startLetterbox(maildir: string): Promise<Started> {
     `--allow-write=${maildir}`,
     "--allow-env=LETTERBOX_*",
     "--allow-sys=hostname",
-    `${ROOT}/main.ts`,
+    `${root}/main.ts`,
     "--listen",
     "127.0.0.1:0",
     "--maildir",
@@ -439,12 +444,15 @@ interface Row {
   slices: { letterbox: number[]; disk: number[] };
   sinkCeiling?: number;
   sinkRatio?: number;
+  /** With --baseline: the baseline's msg/s and the median within-round ratio to it (plain only). */
+  baselineRate?: number;
+  baselineRatio?: number;
   /** Server CPU time per message in ms, over every slice; the disk loop's own beside it. */
   cpuPerMessage: number;
   diskCpuPerMessage: number;
 }
 
-type Mode = "disk" | "plain" | "tls" | "sink";
+type Mode = "disk" | "plain" | "tls" | "sink" | "baseline";
 const rate = (result: LoadResult) => result.messages / result.seconds;
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -489,8 +497,18 @@ for (const size of SIZES) {
       plain: await startLetterbox(`${cell}/plain`),
       tls: await startLetterbox(`${cell}/tls`),
     };
-    const modes: Mode[] = sink ? ["disk", "plain", "tls", "sink"] : ["disk", "plain", "tls"];
-    const results: Record<Mode, LoadResult[]> = { disk: [], plain: [], tls: [], sink: [] };
+    if (BASELINE) await Deno.mkdir(`${cell}/baseline`, { recursive: true });
+    const baseline = BASELINE ? await startLetterbox(`${cell}/baseline`, BASELINE) : undefined;
+    const modes: Mode[] = ["disk", "plain", "tls"];
+    if (sink) modes.push("sink");
+    if (baseline) modes.push("baseline");
+    const results: Record<Mode, LoadResult[]> = {
+      disk: [],
+      plain: [],
+      tls: [],
+      sink: [],
+      baseline: [],
+    };
     // One unmeasured second of each first: fresh servers compile their hot
     // paths, and fresh directories grow their first blocks (the first
     // thousands of files in a new directory went at a third of the rate).
@@ -498,6 +516,7 @@ for (const size of SIZES) {
     await smtpLoad(servers.plain.port, connections, size, false, 1);
     await smtpLoad(servers.tls.port, connections, size, true, 1);
     if (sink) await smtpLoad(sink.port, connections, size, false, 1);
+    if (baseline) await smtpLoad(baseline.port, connections, size, false, 1);
     await new Deno.Command("sync").output();
     for (let round = 0; round < ROUNDS; round++) {
       // The order turns each round, so that no mode always follows the disk loop's flushes.
@@ -509,6 +528,8 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
+        } else if (mode === "baseline") {
+          results.baseline.push(await smtpLoad(baseline!.port, connections, size, false, SECONDS));
         } else {
           const server = servers[mode];
           const before = cpuTime(server.pid);
@@ -544,6 +565,10 @@ for (const size of SIZES) {
         slices: { letterbox: runs.map(rate), disk: results.disk.map(rate) },
         sinkCeiling: mode === "plain" ? sinkRate : undefined,
         sinkRatio: mode === "plain" && sink ? pairedRatio(runs, results.sink) : undefined,
+        baselineRate: mode === "plain" && baseline ? median(results.baseline.map(rate)) : undefined,
+        baselineRatio: mode === "plain" && baseline
+          ? pairedRatio(runs, results.baseline)
+          : undefined,
         cpuPerMessage: cpuPerMessage(runs),
         diskCpuPerMessage: cpuPerMessage(results.disk),
       };
@@ -566,11 +591,17 @@ for (const size of SIZES) {
               row.sinkRatio.toFixed(2)
             }x)`
             : "") +
+          (row.baselineRate && row.baselineRatio
+            ? ` | baseline ${row.baselineRate.toFixed(0).padStart(6)} msg/s (${
+              row.baselineRatio.toFixed(2)
+            }x)`
+            : "") +
           (row.errors ? ` | ${row.errors} connection errors` : ""),
       );
     }
     await servers.plain.stop();
     await servers.tls.stop();
+    await baseline?.stop();
   }
   await clearCells(cells);
 }
