@@ -22,7 +22,8 @@ export interface ReplySink {
 export class ReplyWriter {
   readonly #sink: ReplySink;
   #pending = "";
-  #writing: Promise<void> = Promise.resolve();
+  // The write under way, if any; a flush while it runs waits for it.
+  #writing: Promise<void> | undefined;
 
   /** Creates a writer over a transport. */
   constructor(sink: ReplySink) {
@@ -36,11 +37,18 @@ export class ReplyWriter {
 
   /** Writes every held reply, after any write already under way. */
   flush(): Promise<void> {
-    if (this.#pending === "") return this.#writing;
+    if (this.#pending === "") return this.#writing ?? Promise.resolve();
     const bytes = encoder.encode(this.#pending);
     this.#pending = "";
-    this.#writing = this.#writing.catch(() => {}).then(() => this.#sink.write(bytes));
-    return this.#writing;
+    // The usual case, nothing under way, writes at once: no extra promise hops per reply.
+    const write = this.#writing
+      ? this.#writing.catch(() => {}).then(() => this.#sink.write(bytes))
+      : this.#sink.write(bytes);
+    const current = write.finally(() => {
+      if (this.#writing === current) this.#writing = undefined;
+    });
+    this.#writing = current;
+    return current;
   }
 
   /** Queues a reply and writes it with everything held before it. */

@@ -36,10 +36,26 @@ export class AfterCommit {
     this.#options = options;
   }
 
-  /** Writes the hook jobs for a stored message; resolves once they are durable. */
-  async committed(envelope: Envelope, copies: readonly StoredCopy[], log: Logger): Promise<void> {
+  /**
+   * Writes the hook jobs for a stored message; the promise resolves once they
+   * are durable. Without hooks there is nothing to wait for (no promise).
+   */
+  committed(
+    envelope: Envelope,
+    copies: readonly StoredCopy[],
+    log: Logger,
+  ): Promise<void> | undefined {
     const hooks = this.#options.hooks;
-    if (!hooks) return;
+    if (!hooks) return undefined;
+    return this.#enqueue(hooks, envelope, copies, log);
+  }
+
+  async #enqueue(
+    hooks: HookQueue,
+    envelope: Envelope,
+    copies: readonly StoredCopy[],
+    log: Logger,
+  ): Promise<void> {
     try {
       await hooks.enqueue({
         queueId: envelope.id,

@@ -125,7 +125,8 @@ export async function receiveMessage(
     await transaction?.abort();
     return ended({ kind: "refused", reply: replyFor(failure) }, [], describe(failure), true);
   }
-  const verdicts = await Promise.all(runs.map(async ({ check, run }) => ({
+  // Without checks (the default) nothing is awaited here: one trip fewer per message.
+  const verdicts = runs.length === 0 ? [] : await Promise.all(runs.map(async ({ check, run }) => ({
     check,
     verdict: await run.verdict().catch((error): Verdict => ({
       action: "refuse",

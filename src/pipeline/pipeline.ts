@@ -57,7 +57,8 @@ export class Pipeline {
       return undefined;
     }
     if (result.outcome.kind === "queued") {
-      await this.#afterCommit.committed(envelope, result.copies, log);
+      const jobs = this.#afterCommit.committed(envelope, result.copies, log);
+      if (jobs) await jobs;
     }
     const reply = session.finishData(result.outcome);
     this.#afterCommit.answered(envelope, result, reply, log);
