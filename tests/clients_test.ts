@@ -154,3 +154,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test("smtplib's send_message() with mail_options=['SMTPUTF8'] (SMTPUTF8 sent twice) is accepted", async () => {
+  const server = await startServer(["--no-tls"], { useTestCert: false });
+  try {
+    const result = await run("python3", [
+      "-c",
+      `import smtplib, sys
+from email.message import EmailMessage
+msg = EmailMessage()
+msg["From"] = "jörg@example.org"
+msg["To"] = "alice@example.com"
+msg["Subject"] = "Grüße"
+msg.set_content("Hallo\\n")
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="py.test") as smtp:
+    smtp.set_debuglevel(1)
+    print("refused", smtp.send_message(msg, mail_options=["SMTPUTF8"]))`,
+      String(server.port),
+    ]);
+    // smtplib really sent the parameter twice (its debug output is on stderr).
+    assertMatch(result.stderr, /mail FROM:<jörg@example\.org> size=\d+ SMTPUTF8 SMTPUTF8/);
+    assertEquals(result.stdout.trim(), "refused {}");
+    const [message] = await readMessages(server.maildir);
+    assertStringIncludes(message, "Return-Path: <jörg@example.org>");
+  } finally {
+    await server.stop();
+  }
+});

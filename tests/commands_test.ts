@@ -31,7 +31,12 @@ Deno.test("parseMailArgument() names each kind of failure", () => {
   assertEquals(parseMailArgument("TO:<a@b>"), { ok: false, failure: "syntax" });
   assertEquals(parseMailArgument("FROM:<a@b> FOO=1"), { ok: false, failure: "unknown-parameter" });
   assertEquals(parseMailArgument("FROM:<a@b> BODY=BINARYMIME"), { ok: false, failure: "syntax" });
-  assertEquals(parseMailArgument("FROM:<a@b> SIZE=1 SIZE=2"), { ok: false, failure: "syntax" });
+  // A conflicting repeat is named (issue 18); it was a bare syntax error before.
+  assertEquals(parseMailArgument("FROM:<a@b> SIZE=1 SIZE=2"), {
+    ok: false,
+    failure: "conflicting-parameter",
+    parameter: "SIZE",
+  });
   assertEquals(parseMailArgument("FROM:<a b@c>"), { ok: false, failure: "bad-address" });
   assertEquals(parseMailArgument("FROM:<josé@example.com>"), {
     ok: false,
@@ -95,4 +100,19 @@ Deno.test("parseHeloArgument() takes one word and refuses nothing else", () => {
   assertEquals(parseHeloArgument("[192.0.2.1]"), "[192.0.2.1]");
   assertEquals(parseHeloArgument(""), undefined);
   assertEquals(parseHeloArgument("two words"), undefined);
+});
+
+Deno.test("parseMailArgument() takes a parameter repeated with the same value, and names a conflict", () => {
+  const repeated = parseMailArgument(
+    "FROM:<a@b.test> size=216 SMTPUTF8 SMTPUTF8 BODY=8BITMIME SIZE=216",
+  );
+  assert(repeated.ok);
+  assertEquals(repeated.value.size, 216);
+  assertEquals(repeated.value.smtpUtf8, true);
+  assertEquals(parseMailArgument("FROM:<a@b.test> BODY=8bitmime BODY=8BITMIME").ok, true);
+  assertEquals(parseMailArgument("FROM:<a@b.test> BODY=7BIT BODY=8BITMIME"), {
+    ok: false,
+    failure: "conflicting-parameter",
+    parameter: "BODY",
+  });
 });

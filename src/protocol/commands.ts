@@ -23,7 +23,9 @@ export type ParseFailure =
   | "bad-address"
   | "too-long"
   | "needs-smtputf8"
-  | "unknown-parameter";
+  | "unknown-parameter"
+  /** One parameter given twice with different values: `parameter` names it. */
+  | "conflicting-parameter";
 
 /** A parsed `MAIL FROM:` argument. */
 export interface MailArgument {
@@ -41,6 +43,8 @@ export interface MailArgument {
 export type Parsed<T> = { readonly ok: true; readonly value: T } | {
   readonly ok: false;
   readonly failure: ParseFailure;
+  /** The parameter a `conflicting-parameter` failure is about. */
+  readonly parameter?: string;
 };
 
 /** Splits a command line into its verb and argument. */
@@ -77,7 +81,12 @@ function splitPathArgument(
   return { path: rest.slice(1, close), parameters: after.trim() };
 }
 
-/** Parses `KEY=VALUE KEY2` into upper-cased keys; a repeated key is a syntax error. */
+/**
+ * Parses `KEY=VALUE KEY2` into upper-cased keys. A key given again with the
+ * same value (case aside) counts once, as Postfix takes it: Python's
+ * smtplib sends `SMTPUTF8 SMTPUTF8` when asked for it twice. A key given
+ * again with another value is a conflict that names the key.
+ */
 export function parseParameters(text: string): Parsed<Map<string, string | true>> {
   const parameters = new Map<string, string | true>();
   if (text === "") return { ok: true, value: parameters };
@@ -85,10 +94,16 @@ export function parseParameters(text: string): Parsed<Map<string, string | true>
     const equals = item.indexOf("=");
     const key = (equals === -1 ? item : item.slice(0, equals)).toUpperCase();
     const value = equals === -1 ? true : item.slice(equals + 1);
-    if (!PARAMETER_KEYWORD.test(key) || parameters.has(key)) {
-      return { ok: false, failure: "syntax" };
-    }
+    if (!PARAMETER_KEYWORD.test(key)) return { ok: false, failure: "syntax" };
     if (value !== true && !PARAMETER_VALUE.test(value)) return { ok: false, failure: "syntax" };
+    const known = parameters.get(key);
+    if (known !== undefined) {
+      const same = known === true || value === true
+        ? known === value
+        : known.toUpperCase() === value.toUpperCase();
+      if (!same) return { ok: false, failure: "conflicting-parameter", parameter: key };
+      continue;
+    }
     parameters.set(key, value);
   }
   return { ok: true, value: parameters };

@@ -104,6 +104,11 @@ export function queuedReply(id: string): Reply {
   return reply(250, "2.0.0", `Ok: queued as ${id}`);
 }
 
+/** The reply to a MAIL or RCPT parameter given twice with different values. */
+export function conflictingParameterReply(parameter: string): Reply {
+  return reply(501, "5.5.4", `Syntax error: conflicting ${parameter} parameters`);
+}
+
 /**
  * Formats a reply as the CRLF-terminated lines that go on the wire. Each line
  * of a multi-line reply repeats the enhanced code (RFC 2034 section 4).

@@ -16,7 +16,14 @@ import {
   parseMailArgument,
   parseRcptArgument,
 } from "./commands.ts";
-import { ehloReply, heloReply, queuedReply, REPLIES, type Reply } from "./replies.ts";
+import {
+  conflictingParameterReply,
+  ehloReply,
+  heloReply,
+  queuedReply,
+  REPLIES,
+  type Reply,
+} from "./replies.ts";
 
 /** What the session needs to know about the server it speaks for. */
 export interface SessionOptions<R extends RoutedRecipient = RoutedRecipient> {
@@ -236,7 +243,7 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
     if (this.#transaction) return this.#fail(REPLIES.badSequenceNestedMail);
     const parsed = parseMailArgument(argument);
     if (!parsed.ok) {
-      return this.#fail(failureReply(parsed.failure, REPLIES.mailSyntax, REPLIES.badSenderAddress));
+      return this.#fail(failureReply(parsed, REPLIES.mailSyntax, REPLIES.badSenderAddress));
     }
     const { sender, size, body, smtpUtf8 } = parsed.value;
     if (size !== undefined && size > this.#options.maxMessageSize) {
@@ -253,7 +260,7 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
     const parsed = parseRcptArgument(argument, transaction.smtpUtf8);
     if (!parsed.ok) {
       return this.#fail(
-        failureReply(parsed.failure, REPLIES.rcptSyntax, REPLIES.badRecipientAddress),
+        failureReply(parsed, REPLIES.rcptSyntax, REPLIES.badRecipientAddress),
       );
     }
     const recipient = parsed.value;
@@ -303,10 +310,16 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
   }
 }
 
-function failureReply(failure: ParseFailure, syntax: Reply, badAddress: Reply): Reply {
+function failureReply(
+  { failure, parameter }: { failure: ParseFailure; parameter?: string },
+  syntax: Reply,
+  badAddress: Reply,
+): Reply {
   switch (failure) {
     case "unknown-parameter":
       return REPLIES.unknownParameter;
+    case "conflicting-parameter":
+      return conflictingParameterReply(parameter ?? "");
     case "needs-smtputf8":
       return REPLIES.needsSmtpUtf8;
     case "syntax":
