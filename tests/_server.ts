@@ -38,6 +38,8 @@ export interface TestServer {
 
 /** A Letterbox started in this process. */
 export interface InProcessServer extends TestServer {
+  /** Every plain listener's address, in configuration order. */
+  readonly listening: readonly { hostname: string; port: number }[];
   /** Re-reads the recipients file and the certificate, as SIGHUP does. */
   reload(): Promise<void>;
 }
@@ -122,6 +124,7 @@ export async function startServer(
   return {
     port: app.listening[0].port,
     tlsPort: app.listeningTls[0]?.port,
+    listening: app.listening,
     maildir,
     logs,
     reload: () => app.reload(),

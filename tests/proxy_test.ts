@@ -114,8 +114,9 @@ Deno.test("the client address from v1 and v2 headers reaches Received and the lo
     const received = (await readMessages(server.maildir)).map((m) =>
       /^Received: from \S+ \(unknown \[([^\]]+)\]\)/m.exec(m)?.[1]
     ).sort();
-    // v2 LOCAL (a health check) keeps the connection's own address.
-    assertEquals(received, ["127.0.0.1", "2001:db8::7", "203.0.113.7"]);
+    // v2 LOCAL (a health check) keeps the connection's own address; IPv6 is an
+    // RFC 5321 address literal.
+    assertEquals(received, ["127.0.0.1", "203.0.113.7", "IPv6:2001:db8::7"]);
     assert(
       server.logs.some((l) => String(l.message).startsWith('Connection from "203.0.113.7:40000"')),
     );

@@ -371,3 +371,30 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
   assert(sameSession.some((l) => String(l.message).startsWith("Connection from")));
   assert(sameSession.some((l) => String(l.message).startsWith("Disconnected")));
 });
+
+Deno.test("a client on ::1 is traced as [IPv6:::1] in Received", async () => {
+  const server = await startServer(["--listen", "[::1]:0", "--no-tls"], { useTestCert: false });
+  const v6 = server.listening.find((address) => address.hostname === "::1");
+  assert(v6);
+  const conn = await Deno.connect({ hostname: "::1", port: v6.port });
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
+  const reply = async () => decoder.decode(buffer.subarray(0, (await conn.read(buffer)) ?? 0));
+  const say = async (text: string) => {
+    await conn.write(new TextEncoder().encode(text));
+    return await reply();
+  };
+  try {
+    await reply();
+    await say("EHLO v6.example\r\n");
+    await say("MAIL FROM:<a@b.test>\r\n");
+    await say("RCPT TO:<x@y.test>\r\n");
+    await say("DATA\r\n");
+    assertMatch(await say("Subject: v6\r\n\r\nhi\r\n.\r\n"), /^250 /);
+    const [message] = await readMessages(server.maildir);
+    assertStringIncludes(message, "Received: from v6.example (unknown [IPv6:::1])\n");
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});

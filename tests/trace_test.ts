@@ -1,6 +1,11 @@
 import { parseMailbox } from "../src/protocol/address.ts";
 import type { Envelope } from "../src/pipeline/envelope.ts";
-import { formatMailDate, traceHeaders, withProtocol } from "../src/pipeline/trace.ts";
+import {
+  addressLiteral,
+  formatMailDate,
+  traceHeaders,
+  withProtocol,
+} from "../src/pipeline/trace.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 function address(text: string) {
@@ -48,4 +53,10 @@ Deno.test("formatMailDate() writes RFC 5322 dates", () => {
     formatMailDate(new Date(Date.UTC(2027, 0, 3, 23, 59, 1))),
     "Sun, 3 Jan 2027 23:59:01 +0000",
   );
+});
+
+Deno.test("addressLiteral() writes IPv6 clients as RFC 5321 address literals", () => {
+  assertEquals(addressLiteral("192.0.2.7"), "[192.0.2.7]");
+  assertEquals(addressLiteral("::1"), "[IPv6:::1]");
+  assertEquals(addressLiteral("2001:db8::25"), "[IPv6:2001:db8::25]");
 });

@@ -40,6 +40,15 @@ function headerSafe(text: string): string {
 }
 
 /**
+ * A client address as an address literal (RFC 5321 4.1.3): `[192.0.2.1]`,
+ * or `[IPv6:2001:db8::1]` for IPv6, as Postfix writes it.
+ */
+export function addressLiteral(address: string): string {
+  const safe = headerSafe(address);
+  return safe.includes(":") ? `[IPv6:${safe}]` : `[${safe}]`;
+}
+
+/**
  * The trace lines for one copy, LF-terminated, in the order they go on top of
  * the message: Return-Path, Delivered-To (one per recipient of this copy),
  * Received.
@@ -53,8 +62,9 @@ export function traceHeaders(
   const sender = envelope.sender ? formatAddress(envelope.sender) : "";
   let text = `Return-Path: <${headerSafe(sender)}>\n`;
   for (const mailbox of mailboxes) text += `Delivered-To: ${headerSafe(mailbox)}\n`;
-  const client = headerSafe(envelope.clientAddress);
-  text += `Received: from ${headerSafe(envelope.heloName)} (unknown [${client}])\n`;
+  text += `Received: from ${headerSafe(envelope.heloName)} (unknown ${
+    addressLiteral(envelope.clientAddress)
+  })\n`;
   if (envelope.tls) {
     text += `\t(using ${headerSafe(envelope.tls.protocol)} with cipher ${
       headerSafe(envelope.tls.cipher)
