@@ -7,7 +7,7 @@
 
 import { startLetterbox } from "./src/app.ts";
 import { ConfigError, HELP, parseConfig } from "./src/config/config.ts";
-import { configureLogging, logger } from "./src/log.ts";
+import { configureLogging, describeError, logger } from "./src/log.ts";
 import { VERSION } from "./src/version.ts";
 
 const encoder = new TextEncoder();
@@ -15,7 +15,7 @@ const encoder = new TextEncoder();
 function fail(error: unknown): never {
   const message = error instanceof ConfigError
     ? error.message
-    : `Cannot start: ${error instanceof Error ? error.message : error}`;
+    : `Cannot start: ${describeError(error)}`;
   Deno.stderr.writeSync(encoder.encode(`letterbox: ${message}\n`));
   Deno.exit(2);
 }

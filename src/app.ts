@@ -11,7 +11,7 @@ import type { Logger } from "@logtape/logtape";
 import { type Config, ConfigError, type ListenAddress } from "./config/config.ts";
 import { HookQueue } from "./hooks/queue.ts";
 import { LIMITS } from "./limits.ts";
-import { logger } from "./log.ts";
+import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
 import { Metrics } from "./metrics.ts";
 import { CertificateStore } from "./net/certificate_store.ts";
@@ -128,9 +128,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       await hooks.start();
     } catch (error) {
       throw new ConfigError(
-        `Cannot use the hook spool ${JSON.stringify(config.hookSpool)}: ${
-          error instanceof Error ? error.message : error
-        }`,
+        `Cannot use the hook spool ${JSON.stringify(config.hookSpool)}: ${describeError(error)}`,
       );
     }
   }
@@ -163,7 +161,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     maxConnectionsPerIp: config.maxConnectionsPerIp,
     proxyFrom: config.proxyFrom,
   });
-  const stopEarly = async () => {
+  const stopHooks = async () => {
     hooks?.stop();
     await hooks?.settled();
   };
@@ -174,7 +172,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       ...config.listenTls.map((address) => ({ address, implicitTls: true })),
     ]);
   } catch (error) {
-    await stopEarly();
+    await stopHooks();
     throw error;
   }
   let endpoint: MetricsEndpoint | undefined;
@@ -183,7 +181,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       endpoint = serveMetrics(config.metrics, metrics);
     } catch (error) {
       await server.shutdown(0);
-      await stopEarly();
+      await stopHooks();
       throw new ConfigError(
         `Cannot serve --metrics on ${formatListen(config.metrics)}: ${
           (error as { code?: string }).code ?? error
@@ -215,7 +213,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
         await certificates.close();
         await endpoint?.shutdown();
         await pipeline.settled();
-        await stopEarly();
+        await stopHooks();
       })();
       return stopped;
     },

@@ -67,6 +67,11 @@ export async function configureLogging(level: LogLevel, format: LogFormat): Prom
   });
 }
 
+/** An error as one line of text for a log line or a message to the operator. */
+export function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /**
  * The logger for one part of Letterbox, e.g. `logger("smtp")`. `root` names
  * the instance: tests that run several servers in one process give each its own.

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import type { Logger } from "@logtape/logtape";
 import type { SecureContext } from "node:tls";
 import { readKeyPair, secureContext, selfSignedKeyPair } from "./certificates.ts";
@@ -70,7 +71,7 @@ export class CertificateStore {
     } catch (error) {
       this.#log.error("Kept the TLS certificate in force ({why}): {error}", {
         why,
-        error: error instanceof Error ? error.message : String(error),
+        error: describeError(error),
       });
     }
   }
@@ -92,7 +93,7 @@ export class CertificateStore {
       this.#watcher = Deno.watchFs(folders, { recursive: false });
     } catch (error) {
       this.#log.warn("Not watching the certificate files: {error}", {
-        error: error instanceof Error ? error.message : String(error),
+        error: describeError(error),
       });
       return;
     }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { createPrivateKey, X509Certificate } from "node:crypto";
@@ -30,9 +31,7 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
       return await Deno.readTextFile(file);
     } catch (error) {
       throw new ConfigError(
-        `Cannot read ${flag} ${JSON.stringify(file)}: ${
-          error instanceof Error ? error.message : error
-        }`,
+        `Cannot read ${flag} ${JSON.stringify(file)}: ${describeError(error)}`,
       );
     }
   };
@@ -44,7 +43,7 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
     throw new ConfigError(
       `Cannot use --tls-cert ${JSON.stringify(certFile)} with --tls-key ${
         JSON.stringify(keyFile)
-      }: ${error instanceof Error ? error.message : error}`,
+      }: ${describeError(error)}`,
     );
   }
   return pair;

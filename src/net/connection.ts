@@ -9,10 +9,11 @@
 
 import type { Logger } from "@logtape/logtape";
 import type tls from "node:tls";
-import { newQueueId } from "../pipeline/envelope.ts";
+import { type Envelope, newQueueId } from "../pipeline/envelope.ts";
 import type { Pipeline } from "../pipeline/pipeline.ts";
 import type { Route } from "../pipeline/route.ts";
 import { LIMITS } from "../limits.ts";
+import { describeError } from "../log.ts";
 import { LineReader } from "../protocol/line_reader.ts";
 import { formatReply, greeting, REPLIES, type Reply } from "../protocol/replies.ts";
 import { Session, type SessionOptions, type Transaction } from "../protocol/session.ts";
@@ -113,7 +114,7 @@ export class Connection {
         this.#log.info("Timeout: closing with 421 4.4.2");
         await this.#replies.send(REPLIES.timeout).catch(() => {});
       } else {
-        this.#log.debug("Connection error: {error}", { error: describe(error) });
+        this.#log.debug("Connection error: {error}", { error: describeError(error) });
       }
     } finally {
       transport.close();
@@ -230,7 +231,7 @@ export class Connection {
   async #receive(transaction: Transaction<Route>): Promise<Reply | undefined> {
     const session = this.#session!;
     const transport = this.#transport;
-    const envelope = {
+    const envelope: Envelope = {
       id: newQueueId(),
       sender: transaction.sender,
       routes: [...transaction.routes],
@@ -259,8 +260,4 @@ const logDecoder = new TextDecoder();
 
 function commandForLog(line: Uint8Array): string {
   return logDecoder.decode(line.subarray(0, 100));
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import type { Logger } from "@logtape/logtape";
 import { ConfigError, type ListenAddress } from "../config/config.ts";
 import { Connection, type ConnectionOptions } from "./connection.ts";
@@ -61,7 +62,7 @@ export class Server {
         listener = Deno.listen({ hostname: spec.address.hostname, port: spec.address.port });
       } catch (error) {
         const code = (error as { code?: string }).code ??
-          (error instanceof Error ? error.message : String(error));
+          (describeError(error));
         for (const opened of this.#listeners) opened.close();
         throw new ConfigError(`Cannot listen on ${formatListen(spec.address)}: ${code}`);
       }
@@ -118,7 +119,7 @@ export class Server {
         }
         // Out of file descriptors and the like: say so, breathe, go on.
         this.#log.error("Accept failed: {error}", {
-          error: error instanceof Error ? error.message : String(error),
+          error: describeError(error),
         });
         await new Promise((resolve) => setTimeout(resolve, 100));
         continue;

@@ -9,11 +9,11 @@
 
 import type { Logger } from "@logtape/logtape";
 import type { HookQueue } from "../hooks/queue.ts";
+import { describeError } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { formatAddress } from "../protocol/address.ts";
 import { formatReply, type Reply } from "../protocol/replies.ts";
 import type { Envelope } from "./envelope.ts";
-import { describe } from "./failure.ts";
 import { inspectMessage } from "./inspect.ts";
 import type { MessageResult } from "./message.ts";
 import type { StoredCopy } from "./targets/target.ts";
@@ -73,7 +73,7 @@ export class AfterCommit {
     } catch (error) {
       log.error("Could not queue hooks for {id}: {error}", {
         id: envelope.id,
-        error: describe(error),
+        error: describeError(error),
       });
     }
   }

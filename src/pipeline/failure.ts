@@ -7,6 +7,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import { REPLIES, type Reply } from "../protocol/replies.ts";
 
 /** A failure and the reply it earns. */
@@ -31,12 +32,7 @@ export function storageFailure(error: unknown): ReplyError {
   if (error instanceof ReplyError) return error;
   const code = (error as { code?: unknown } | null)?.code;
   const full = code === "ENOSPC" || code === "EDQUOT";
-  return new ReplyError(full ? REPLIES.storageFull : REPLIES.localError, describe(error), {
+  return new ReplyError(full ? REPLIES.storageFull : REPLIES.localError, describeError(error), {
     cause: error,
   });
-}
-
-/** An error as one line of text for the log. */
-export function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

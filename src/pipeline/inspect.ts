@@ -6,6 +6,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import PostalMime, { addressParser, decodeWords } from "postal-mime";
 import { LIMITS } from "../limits.ts";
 
@@ -149,7 +150,7 @@ export async function inspectMessage(raw: Uint8Array, truncated: boolean): Promi
     return {
       attachments: 0,
       truncated,
-      error: error instanceof Error ? error.message : String(error),
+      error: describeError(error),
     };
   }
 }

@@ -12,7 +12,8 @@ import type { DataResult } from "../protocol/line_reader.ts";
 import type { Check, CheckRun, Verdict } from "./checks/check.ts";
 import { decide } from "./checks/check.ts";
 import type { Envelope } from "./envelope.ts";
-import { describe, replyFor } from "./failure.ts";
+import { describeError } from "../log.ts";
+import { replyFor } from "./failure.ts";
 import { MessagePrefix } from "./inspect.ts";
 import type { StoredCopy, Target, TargetTransaction } from "./targets/target.ts";
 import type { DataOutcome } from "../protocol/session.ts";
@@ -123,7 +124,7 @@ export async function receiveMessage(
   }
   if (failure !== undefined || !transaction) {
     await transaction?.abort();
-    return ended({ kind: "refused", reply: replyFor(failure) }, [], describe(failure), true);
+    return ended({ kind: "refused", reply: replyFor(failure) }, [], describeError(failure), true);
   }
   // Without checks (the default) nothing is awaited here: one trip fewer per message.
   const verdicts = runs.length === 0 ? [] : await Promise.all(runs.map(async ({ check, run }) => ({
@@ -131,7 +132,7 @@ export async function receiveMessage(
     verdict: await run.verdict().catch((error): Verdict => ({
       action: "refuse",
       reply: replyFor(error),
-      reason: describe(error),
+      reason: describeError(error),
     })),
   })));
   const decision = decide(verdicts);
@@ -151,6 +152,6 @@ export async function receiveMessage(
     }
     return ended({ kind: "queued", id: envelope.id }, copies);
   } catch (error) {
-    return ended({ kind: "refused", reply: replyFor(error) }, [], describe(error), true);
+    return ended({ kind: "refused", reply: replyFor(error) }, [], describeError(error), true);
   }
 }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import type { Logger } from "@logtape/logtape";
 import { ConfigError } from "../config/config.ts";
 import { parseRecipients, type RecipientTable } from "./recipients.ts";
@@ -28,9 +29,7 @@ export class RecipientsFile {
       return new RecipientsFile(path, parseRecipients(await Deno.readTextFile(path)), log);
     } catch (error) {
       throw new ConfigError(
-        `Cannot use --recipients ${JSON.stringify(path)}: ${
-          error instanceof Error ? error.message : error
-        }`,
+        `Cannot use --recipients ${JSON.stringify(path)}: ${describeError(error)}`,
       );
     }
   }
@@ -52,7 +51,7 @@ export class RecipientsFile {
     } catch (error) {
       this.#log.error("Kept the recipients in force: cannot use {file}: {error}", {
         file: this.#path,
-        error: error instanceof Error ? error.message : String(error),
+        error: describeError(error),
       });
     }
   }
