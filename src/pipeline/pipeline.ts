@@ -30,11 +30,6 @@ export class Pipeline {
     this.#afterCommit = afterCommit;
   }
 
-  /** The largest message accepted, in octets. */
-  get maxMessageSize(): number {
-    return this.#stages.maxMessageSize;
-  }
-
   /** RCPT: the recipient's route, or the reply that refuses it. */
   route(recipient: Address): Route | Reply {
     return this.#router.route(recipient);

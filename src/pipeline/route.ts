@@ -71,7 +71,9 @@ export class Router {
   route(recipient: Address): Route | Reply {
     const domain = this.#domainOf(recipient);
     const table = this.#options.recipients?.();
-    let mailboxes: readonly string[];
+    // The final mailboxes when a recipients file names them; without one the
+    // recipient is its own mailbox.
+    let mailboxes: readonly string[] | undefined;
     if (table) {
       const resolution = resolveRecipient(table, recipient.localText, domain);
       if (resolution.kind === "unknown-domain" && !this.#domains.has(domain)) {
@@ -79,9 +81,8 @@ export class Router {
       }
       if (resolution.kind !== "mailboxes") return REPLIES.unknownUser;
       mailboxes = resolution.mailboxes;
-    } else {
-      if (this.#domains.size > 0 && !this.#domains.has(domain)) return REPLIES.relayDenied;
-      mailboxes = [];
+    } else if (this.#domains.size > 0 && !this.#domains.has(domain)) {
+      return REPLIES.relayDenied;
     }
     // Refused whether or not the template uses them, so that changing the
     // template never makes an accepted address dangerous.
@@ -101,7 +102,7 @@ export class Router {
       mailbox,
       folder: folder !== undefined,
     });
-    if (!table) {
+    if (!mailboxes) {
       return {
         recipient,
         destinations: [destination(this.maildirFor(recipient), this.mailboxAddress(recipient))],
