@@ -7,6 +7,15 @@ import { parseRecipients, RecipientsError, resolveRecipient } from "../src/pipel
 import { newFiles, readMessages, spawnServer, TestClient, waitForLog } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "./_assert.ts";
 
+/** Connects, greets and opens a transaction from sender@remote.test. */
+async function inTransaction(port: number): Promise<TestClient> {
+  const client = await TestClient.connect(port);
+  await client.reply();
+  await client.command("EHLO client.test");
+  await client.command("MAIL FROM:<sender@remote.test>");
+  return client;
+}
+
 const FILE = `# who we take mail for
 alice@example.com
 bob@example.com            # a mailbox with a comment
@@ -86,11 +95,8 @@ Deno.test("the recipients file decides RCPT, aliases expand to one copy each, an
     ],
     { maildir: root },
   );
-  const client = await TestClient.connect(server.port);
+  const client = await inTransaction(server.port);
   try {
-    await client.reply();
-    await client.command("EHLO client.test");
-    await client.command("MAIL FROM:<sender@remote.test>");
     assertEquals(
       (await client.command("RCPT TO:<mallory@example.com>")).text,
       "550 5.1.1 Recipient address rejected: User unknown\r\n",
@@ -146,11 +152,8 @@ Deno.test("a reload between RCPT and DATA cannot lose an accepted message: its r
     ["--maildir", `${root}/mail/{user}`, "--recipients", `${root}/recipients`],
     { maildir: root },
   );
-  const client = await TestClient.connect(server.port);
+  const client = await inTransaction(server.port);
   try {
-    await client.reply();
-    await client.command("EHLO client.test");
-    await client.command("MAIL FROM:<sender@remote.test>");
     assertEquals((await client.command("RCPT TO:<alice@example.com>")).code, 250);
     assertEquals((await client.command("RCPT TO:<team@example.com>")).code, 250);
     // The file now names only bob, and the alias is gone.
