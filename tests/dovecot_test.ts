@@ -4,7 +4,7 @@
  */
 
 import { run, startServer, TestClient } from "./_server.ts";
-import { assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertStringIncludes } from "./_assert.ts";
 
 const DOVECOT = "/usr/sbin/dovecot";
 
@@ -66,6 +66,42 @@ service imap-login {
 `;
 }
 
+/** A private Dovecot serving `maildir` over IMAP on a free loopback port. */
+interface Dovecot {
+  readonly port: number;
+  stop(): Promise<void>;
+}
+
+async function startDovecot(dir: string, maildir: string): Promise<Dovecot> {
+  for (const sub of ["run", "state", "index", "control", "home"]) {
+    await Deno.mkdir(`${dir}/${sub}`);
+  }
+  let user = `uid=${Deno.uid()} gid=${Deno.gid()}`;
+  if (Deno.uid() === 0) {
+    // Dovecot will not serve mail as root: hand the Maildir (root's, mode 0700) to nobody.
+    user = "uid=nobody gid=nogroup";
+    await Deno.chmod(dir, 0o755);
+    for (const path of [maildir, `${dir}/index`, `${dir}/control`, `${dir}/home`]) {
+      assertEquals((await run("chown", ["-R", "nobody:nogroup", path])).code, 0);
+    }
+  }
+  const port = freePort();
+  await Deno.writeTextFile(`${dir}/dovecot.conf`, dovecotConfig(dir, port, maildir, user));
+  const child = new Deno.Command(DOVECOT, {
+    args: ["-F", "-c", `${dir}/dovecot.conf`],
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  return {
+    port,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
 const IMAP_FETCH = `
 import imaplib, sys, email, time
 from email.header import decode_header, make_header
@@ -95,7 +131,7 @@ Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async ()
     maildir: dir,
     useTestCert: false,
   });
-  let dovecot: Deno.ChildProcess | undefined;
+  let dovecot: Dovecot | undefined;
   try {
     const client = await TestClient.connect(server.port);
     try {
@@ -113,27 +149,8 @@ Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async ()
     } finally {
       client.close();
     }
-    for (const sub of ["run", "state", "index", "control", "home"]) {
-      await Deno.mkdir(`${dir}/${sub}`);
-    }
-    let user = `uid=${Deno.uid()} gid=${Deno.gid()}`;
-    if (Deno.uid() === 0) {
-      // Dovecot will not serve mail as root: hand the Maildir (root's, mode 0700) to nobody.
-      user = "uid=nobody gid=nogroup";
-      await Deno.chmod(dir, 0o755);
-      for (const path of [maildir, `${dir}/index`, `${dir}/control`, `${dir}/home`]) {
-        assertEquals((await run("chown", ["-R", "nobody:nogroup", path])).code, 0);
-      }
-    }
-    const port = freePort();
-    await Deno.writeTextFile(`${dir}/dovecot.conf`, dovecotConfig(dir, port, maildir, user));
-    dovecot = new Deno.Command(DOVECOT, {
-      args: ["-F", "-c", `${dir}/dovecot.conf`],
-      stdout: "null",
-      stderr: "null",
-      stdin: "null",
-    }).spawn();
-    const imap = await run("python3", ["-c", IMAP_FETCH, String(port)]);
+    dovecot = await startDovecot(dir, maildir);
+    const imap = await run("python3", ["-c", IMAP_FETCH, String(dovecot.port)]);
     const log = await Deno.readTextFile(`${dir}/dovecot.log`).catch(() => "");
     assertEquals(imap.stderr, "", log);
     assertEquals(imap.stdout.split("\n").slice(0, 3), [
@@ -142,10 +159,86 @@ Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async ()
       "Hällo over IMAP.",
     ]);
   } finally {
-    if (dovecot) {
-      dovecot.kill("SIGTERM");
-      await dovecot.status;
+    await dovecot?.stop();
+    await server.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const IMAP_SIZES = `
+import imaplib, sys, time, json
+port = int(sys.argv[1])
+for attempt in range(50):
+    try:
+        imap = imaplib.IMAP4("127.0.0.1", port)
+        break
+    except OSError:
+        time.sleep(0.1)
+imap.login("test", "secret")
+typ, data = imap.select("INBOX")
+results = []
+for n in range(1, int(data[0]) + 1):
+    typ, data = imap.fetch(str(n), "(RFC822.SIZE BODY.PEEK[] BODY.PEEK[HEADER.FIELDS (X-AFTER)])")
+    size = int(data[0][0].split(b"RFC822.SIZE ")[1].split(b" ")[0])
+    body = data[0][1]
+    after = data[1][1].decode().strip()
+    results.append({"size": size, "length": len(body), "after": after})
+print(json.dumps(results))
+imap.logout()
+`;
+
+Deno.test("bare CR and bare LF in header and body: Dovecot's sizes match the file name and the header ends where it did on the wire", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
+  const maildir = `${dir}/Maildir`;
+  await Deno.mkdir(maildir);
+  const server = await startServer(["--maildir", maildir, "--no-tls"], {
+    maildir: dir,
+    useTestCert: false,
+  });
+  // Each has a field after the odd line: it must still be in the header.
+  const messages = [
+    "Subject: cr-only line\r\n\r\r\nX-After: yes\r\n\r\nbody\r\n",
+    "Subject: cr before crlf\r\r\nX-After: yes\r\n\r\nline\r\r\nmid\rline\r\n",
+    "Subject: bare lf\nX-After: yes\r\n\r\nbare\nlf\n\r\n",
+    "Subject: stuffed cr\r\n.\r\r\nX-After: yes\r\n\r\n.\r\r\n\r\r\r\n",
+  ];
+  let dovecot: Dovecot | undefined;
+  try {
+    const client = await TestClient.connect(server.port);
+    try {
+      await client.reply();
+      await client.command("EHLO client.test");
+      for (const message of messages) {
+        await client.command("MAIL FROM:<bob@sender.test>");
+        await client.command("RCPT TO:<test@example.com>");
+        await client.command("DATA");
+        await client.send(`${message}.\r\n`);
+        assertEquals((await client.reply()).code, 250);
+      }
+      await client.command("QUIT");
+    } finally {
+      client.close();
     }
+    // What we stored: no CR before an LF, and W= is the size plus the LFs.
+    for (const entry of Deno.readDirSync(`${maildir}/new`)) {
+      const bytes = Deno.readFileSync(`${maildir}/new/${entry.name}`);
+      assert(!bytes.some((byte, i) => byte === 0x0d && bytes[i + 1] === 0x0a), entry.name);
+      const lines = bytes.filter((byte) => byte === 0x0a).length;
+      assertStringIncludes(entry.name, `,S=${bytes.length},W=${bytes.length + lines}`);
+    }
+    dovecot = await startDovecot(dir, maildir);
+    const imap = await run("python3", ["-c", IMAP_SIZES, String(dovecot.port)]);
+    const log = await Deno.readTextFile(`${dir}/dovecot.log`).catch(() => "");
+    assertEquals(imap.stderr, "", log);
+    const results = JSON.parse(imap.stdout) as { size: number; length: number; after: string }[];
+    assertEquals(results.length, messages.length);
+    for (const result of results) {
+      assertEquals(result.size, result.length, JSON.stringify(result));
+      assertEquals(result.after, "X-After: yes");
+    }
+    assert(!/wrong W value|Broken virtual size|Broken physical size/.test(log), log);
+  } finally {
+    await dovecot?.stop();
     await server.stop();
     await Deno.remove(dir, { recursive: true });
   }

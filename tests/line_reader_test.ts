@@ -1,6 +1,6 @@
 import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
 import { DataDecoder, LineReader } from "../src/protocol/line_reader.ts";
-import { assertEquals } from "./_assert.ts";
+import { assert, assertEquals } from "./_assert.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -79,7 +79,9 @@ Deno.test("readData() unstuffs dots and stores LF line ends", async () => {
 
 Deno.test("readData() gives the same content however the input is split", async () => {
   const text = "a\r\n.b\r\n\r\n..\r\nc\rd\ne\r\r\n.\rx\r\n.\r\n";
-  const expected = "a\nb\n\n.\nc\rd\ne\r\n\rx\n";
+  // "e<CR><CR><LF>": the bare CR before the line end is stored as a space (issue 18: stored as
+  // CR it read as CRLF, so W= and the header end moved); the bare CR and LF elsewhere are kept.
+  const expected = "a\nb\n\n.\nc\rd\ne \n\rx\n";
   for (let size = 1; size <= text.length; size++) {
     const { content } = await readAllData(new LineReader(source(...chunked(text, size))));
     assertEquals(content, expected, `chunk size ${size}`);
@@ -155,6 +157,8 @@ function referenceDecode(bytes: Uint8Array): { output: number[]; end: number } {
       output.push(0x0a);
       i++;
       lineStart = true;
+    } else if (bytes[i] === 0x0d && bytes[i + 1] === 0x0d && bytes[i + 2] === 0x0a) {
+      output.push(0x20); // a bare CR right before a line end is stored as a space
     } else {
       output.push(bytes[i]);
     }
@@ -168,9 +172,9 @@ Deno.test("DataDecoder matches a byte-at-a-time decoder on random input in rando
     seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
     return (seed >>> 16) % n;
   };
-  const alphabet = [0x61, 0x0d, 0x0a, 0x2e];
-  for (let round = 0; round < 3000; round++) {
-    const input = Uint8Array.from({ length: random(40) }, () => alphabet[random(4)]);
+  const alphabet = [0x61, 0x0d, 0x0a, 0x2e, 0x0d];
+  for (let round = 0; round < 6000; round++) {
+    const input = Uint8Array.from({ length: random(40) }, () => alphabet[random(alphabet.length)]);
     const expected = referenceDecode(input);
     const decoder = new DataDecoder();
     const output: number[] = [];
@@ -196,5 +200,18 @@ Deno.test("DataDecoder matches a byte-at-a-time decoder on random input in rando
       assertEquals(output, expected.output.slice(0, output.length), what);
     }
     assertEquals(lines, output.filter((byte) => byte === 0x0a).length, what);
+    // Stored, CR LF would read as a line end that the wire did not have.
+    assert(!output.some((byte, i) => byte === 0x0d && output[i + 1] === 0x0a), what);
+  }
+});
+
+Deno.test("a header line holding only a bare CR stays a non-empty line however the input is split", async () => {
+  const text = "A: 1\r\n\r\r\nB: 2\r\n.\r\r\n\r\nbody\r\n.\r\n";
+  // The CR-only line and the dot-stuffed ".<CR>" line become a space: the header still ends at
+  // the empty line, as it does on the wire.
+  const expected = "A: 1\n \nB: 2\n \n\nbody\n";
+  for (let size = 1; size <= text.length; size++) {
+    const { content } = await readAllData(new LineReader(source(...chunked(text, size))));
+    assertEquals(content, expected, `chunk size ${size}`);
   }
 });

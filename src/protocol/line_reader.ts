@@ -35,6 +35,7 @@ export type DataResult =
 const CR = 0x0d;
 const LF = 0x0a;
 const DOT = 0x2e;
+const SPACE = 0x20;
 const EMPTY = new Uint8Array(0);
 
 const enum DataState {
@@ -44,6 +45,8 @@ const enum DataState {
   Middle,
   /** A chunk ended in CR, held back until the next one says whether LF follows. */
   HeldCr,
+  /** Two CRs held back: if LF follows, the first is a bare CR just before a line end. */
+  HeldCrCr,
   /** A line began with `.`, held back: it is either stuffing or the end marker. */
   HeldDot,
   /** A line began with `.` and a CR, both held back: LF next means the end. */
@@ -55,7 +58,17 @@ const enum DataState {
  * CRLF; the message ends only at `<CRLF>.<CRLF>` (4.1.1.4), never at a bare
  * LF or CR, which is what defeats SMTP smuggling (CVE-2023-51764 and
  * relatives). A leading `.` on a line is removed (4.5.2). Output uses LF line
- * ends, the Maildir convention; bare CR and bare LF pass through unchanged.
+ * ends, the Maildir convention.
+ *
+ * Bare CR and bare LF are not line ends on the wire (RFC 5321 2.3.8). A bare LF
+ * is kept, so it ends a line in the stored file, which is how Postfix's
+ * `smtpd_forbid_bare_newline = normalize` reads it. A bare CR is kept too,
+ * except right before the CRLF that ends a line: there it becomes a space.
+ * Stored as CR before the LF, every reader (Dovecot, postal-mime) would see
+ * a CRLF line end, so a header line holding only CR would end the header in
+ * the mailbox though not on the wire, and Dovecot's virtual size (LFs without
+ * a CR before them) would disagree with the `W=` counted here. So the output
+ * never holds CR LF, and `W=` is the size plus `lines`.
  */
 export class DataDecoder {
   #state = DataState.LineStart;
@@ -72,9 +85,12 @@ export class DataDecoder {
     // A CR held from the previous chunk and then found to be bare content is
     // one octet more than this chunk holds so far: that rare chunk is decoded
     // into a copy instead.
-    const out = this.#state === DataState.HeldCr || this.#state === DataState.HeldDotCr
-      ? new Uint8Array(chunk.length + 1)
-      : chunk;
+    const held = this.#state === DataState.HeldCrCr
+      ? 2
+      : this.#state === DataState.HeldCr || this.#state === DataState.HeldDotCr
+      ? 1
+      : 0;
+    const out = held > 0 ? new Uint8Array(chunk.length + held) : chunk;
     let written = 0;
     let start = 0; // first byte of `chunk` not yet copied or dropped
     let lines = 0;
@@ -89,16 +105,20 @@ export class DataDecoder {
           const lf = chunk.indexOf(LF, i);
           if (lf === -1) {
             if (chunk[length - 1] === CR) {
-              // Perhaps the first half of a CRLF: held until the next chunk.
-              written = move(chunk, start, length - 1, out, written);
+              // Perhaps the first half of a CRLF: held until the next chunk,
+              // with a CR before it, which is then a bare CR before a line end.
+              const two = length - 2 >= start && chunk[length - 2] === CR;
+              written = move(chunk, start, length - (two ? 2 : 1), out, written);
               start = length;
-              state = DataState.HeldCr;
+              state = two ? DataState.HeldCrCr : DataState.HeldCr;
             }
             i = length;
             break;
           }
           lines++;
           if (lf > start && chunk[lf - 1] === CR) {
+            // A bare CR right before the line end would read as CRLF once stored.
+            if (lf - 2 >= start && chunk[lf - 2] === CR) chunk[lf - 2] = SPACE;
             // CRLF becomes LF: the CR is dropped, the LF is copied with what follows.
             written = move(chunk, start, lf - 1, out, written);
             start = lf;
@@ -124,8 +144,28 @@ export class DataDecoder {
             start = i;
             state = DataState.LineStart;
             i++;
+          } else if (chunk[i] === CR) {
+            start = ++i;
+            state = DataState.HeldCrCr;
           } else {
             out[written++] = CR; // a bare CR is content
+            start = i;
+            state = DataState.Middle;
+          }
+          break;
+        case DataState.HeldCrCr:
+          if (chunk[i] === LF) {
+            out[written++] = SPACE; // the bare CR before the line end; the other CR ends it
+            lines++;
+            start = i;
+            state = DataState.LineStart;
+            i++;
+          } else if (chunk[i] === CR) {
+            out[written++] = CR; // the oldest is followed by two CRs: plain content
+            start = ++i;
+          } else {
+            out[written++] = CR;
+            out[written++] = CR;
             start = i;
             state = DataState.Middle;
           }
@@ -145,6 +185,12 @@ export class DataDecoder {
           if (chunk[i] === LF) {
             this.#state = DataState.LineStart;
             return { output: out.subarray(0, written), end: i + 1, lines };
+          }
+          if (chunk[i] === CR) {
+            // ".<CR><CR>": the dot is stuffing, and the first CR may be a bare CR before a line end.
+            start = ++i;
+            state = DataState.HeldCrCr;
+            break;
           }
           // ".<CR>x" is a stuffed line holding a bare CR: drop the dot, keep the CR.
           out[written++] = CR;
