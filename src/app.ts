@@ -232,6 +232,9 @@ function metricsObserver(metrics: Metrics): ConnectionObserver {
     connectionClosed() {
       metrics.connectionsOpen.add(-1);
     },
+    acceptFailed(kind) {
+      metrics.acceptErrors.inc({ kind });
+    },
     commandRejected(code) {
       metrics.rejectedCommands.inc({ code: String(code) });
     },

@@ -70,6 +70,16 @@ export const LIMITS = {
    * 1 GiB (Makefile V8_FLAGS).
    */
   hookPayloadBudget: 512 * 1024 * 1024,
+  /**
+   * Pauses of the accept loop when the system is out of descriptors or
+   * memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): from 10 ms, doubling to 1 s,
+   * so that a descriptor shortage is not a busy loop; errors about one
+   * connection pause nothing.
+   */
+  acceptBackoffMin: 10,
+  acceptBackoffMax: 1000,
+  /** At most one log line per this many ms about failing accepts. */
+  acceptErrorLogInterval: 10_000,
   /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
   tlsHandshakeTimeout: 30_000,
 } as const;

@@ -83,6 +83,10 @@ export class Metrics {
     "letterbox_connections_total",
     "SMTP connections accepted, by outcome.",
   );
+  readonly acceptErrors = new Counter(
+    "letterbox_accept_errors_total",
+    "accept() failures: connection (a client reset before accept; skipped) or resources (backed off).",
+  );
   readonly tlsHandshakes = new Counter(
     "letterbox_tls_handshakes_total",
     "TLS handshakes, by result.",
@@ -115,6 +119,7 @@ export class Metrics {
     return [
       this.connectionsOpen,
       this.connections,
+      this.acceptErrors,
       this.tlsHandshakes,
       this.messages,
       this.rejectedCommands,

@@ -28,6 +28,8 @@ export interface ConnectionObserver {
   connectionRefused(): void;
   /** An accepted connection ended. */
   connectionClosed(): void;
+  /** accept() failed: about one connection (skipped), or for want of resources (backed off). */
+  acceptFailed(kind: "connection" | "resources"): void;
   /** A command was answered with a 4xx or 5xx reply. */
   commandRejected(code: number): void;
   /** A TLS handshake ended. */

@@ -109,19 +109,44 @@ export class Server {
   }
 
   async #acceptLoop(listener: Deno.TcpListener, spec: ListenerSpec): Promise<void> {
+    let pause = 0;
+    let lastLogged = -Infinity;
+    let unlogged = 0;
     for (;;) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
+        pause = 0;
       } catch (error) {
         if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
           return;
         }
-        // Out of file descriptors and the like: say so, breathe, go on.
-        this.#log.error("Accept failed: {error}", {
-          error: describeError(error),
-        });
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        // A client that reset before we took its connection (ENOTCONN and
+        // relatives) is that client's problem: skip it at once. Backing off
+        // here let one client stall every other (a flood of resets).
+        if (isConnectionError(error)) {
+          this.#options.observer?.acceptFailed("connection");
+          this.#log.debug("Skipped a connection that failed before accept: {error}", {
+            error: describeError(error),
+          });
+          continue;
+        }
+        // Out of file descriptors or memory: breathe, longer each time, and say
+        // so at most once per interval, with how many were not said.
+        this.#options.observer?.acceptFailed("resources");
+        pause = Math.min(Math.max(pause * 2, LIMITS.acceptBackoffMin), LIMITS.acceptBackoffMax);
+        const now = Date.now();
+        if (now - lastLogged >= LIMITS.acceptErrorLogInterval) {
+          this.#log.error("Accept failed ({more} more since the last report): {error}", {
+            error: describeError(error),
+            more: unlogged,
+          });
+          lastLogged = now;
+          unlogged = 0;
+        } else {
+          unlogged++;
+        }
+        await new Promise((resolve) => setTimeout(resolve, pause));
         continue;
       }
       if (spec.address.proxy) void this.#acceptProxied(conn, spec.implicitTls);
@@ -213,6 +238,29 @@ export class Server {
     });
     this.#served.add(served);
   }
+}
+
+// Errors about one connection, not the listener: the client reset or went
+// away between the kernel's handshake and our accept, or a firewall said no.
+const CONNECTION_ERROR_CODES = new Set([
+  "ENOTCONN",
+  "ECONNABORTED",
+  "ECONNRESET",
+  "EPROTO",
+  "EPERM",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+
+/** True when an accept error is about the one connection, not the listener. */
+export function isConnectionError(error: unknown): boolean {
+  if (
+    error instanceof Deno.errors.NotConnected || error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.ConnectionReset
+  ) return true;
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && CONNECTION_ERROR_CODES.has(code);
 }
 
 /** Formats a listen address as `host:port`, with brackets around IPv6. */
