@@ -398,3 +398,29 @@ Deno.test("a client on ::1 is traced as [IPv6:::1] in Received", async () => {
     await server.stop();
   }
 });
+
+Deno.test("an 8-bit EHLO name reaches Received as A-labels in 7-bit mail, and as sent in SMTPUTF8 mail", async () => {
+  const server = await startServer();
+  const client = await greeted(server.port);
+  try {
+    assertEquals((await client.command("EHLO ünïcödé.example")).code, 250);
+    await client.startMessage("a@b.test", ["x@y.test"], { ehlo: false });
+    await client.send("Subject: seven bit\r\n\r\nhi\r\n.\r\n");
+    assertEquals((await client.reply()).code, 250);
+    await client.startMessage("a@b.test", ["x@y.test"], {
+      ehlo: false,
+      mailParameters: "SMTPUTF8",
+    });
+    await client.send("Subject: utf8\r\n\r\nhi\r\n.\r\n");
+    assertEquals((await client.reply()).code, 250);
+    const messages = await readMessages(server.maildir);
+    const seven = messages.find((m) => m.includes("Subject: seven bit"))!;
+    const utf8 = messages.find((m) => m.includes("Subject: utf8"))!;
+    assertStringIncludes(seven, "Received: from xn--ncd-dma1a7bzb.example (unknown [127.0.0.1])");
+    assert(!/[^\x00-\x7f]/.test(seven), "a 7-bit message stays 7-bit");
+    assertStringIncludes(utf8, "Received: from ünïcödé.example (unknown [127.0.0.1])");
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});

@@ -3,6 +3,7 @@ import type { Envelope } from "../src/pipeline/envelope.ts";
 import {
   addressLiteral,
   formatMailDate,
+  heloForHeader,
   traceHeaders,
   withProtocol,
 } from "../src/pipeline/trace.ts";
@@ -59,4 +60,11 @@ Deno.test("addressLiteral() writes IPv6 clients as RFC 5321 address literals", (
   assertEquals(addressLiteral("192.0.2.7"), "[192.0.2.7]");
   assertEquals(addressLiteral("::1"), "[IPv6:::1]");
   assertEquals(addressLiteral("2001:db8::25"), "[IPv6:2001:db8::25]");
+});
+
+Deno.test("heloForHeader() keeps 7-bit mail 7-bit: A-labels for U-label names, escapes otherwise", () => {
+  assertEquals(heloForHeader("ünïcödé.example", false), "xn--ncd-dma1a7bzb.example");
+  assertEquals(heloForHeader("ünïcödé.example", true), "ünïcödé.example");
+  assertEquals(heloForHeader("bad_näme!", false), "bad_n\\u00e4me!");
+  assertEquals(heloForHeader("client.test", false), "client.test");
 });

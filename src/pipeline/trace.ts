@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Address, formatAddress } from "../protocol/address.ts";
+import { type Address, formatAddress, isDomainName } from "../protocol/address.ts";
 import type { Envelope } from "./envelope.ts";
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
@@ -39,6 +39,30 @@ function headerSafe(text: string): string {
   return text.replace(/[\x00-\x1f\x7f]/g, "?");
 }
 
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * The EHLO name as the Received header may hold it. 8-bit header text is
+ * allowed only in SMTPUTF8 mail (RFC 6532); in any other message a name that
+ * is a domain with U-labels is written as its A-labels (punycode, as IDNA
+ * maps it), and anything else non-ASCII as \u escapes, so a 7-bit message
+ * stays 7-bit.
+ */
+export function heloForHeader(name: string, smtpUtf8: boolean): string {
+  const safe = headerSafe(name);
+  if (smtpUtf8 || !NON_ASCII.test(safe)) return safe;
+  if (isDomainName(safe)) {
+    try {
+      const ascii = new URL(`http://${safe}`).hostname;
+      if (!NON_ASCII.test(ascii)) return ascii;
+    } catch { /* not a name IDNA maps: escaped below */ }
+  }
+  return safe.replace(
+    /[^\x00-\x7f]/g,
+    (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
 /**
  * A client address as an address literal (RFC 5321 4.1.3): `[192.0.2.1]`,
  * or `[IPv6:2001:db8::1]` for IPv6, as Postfix writes it.
@@ -62,7 +86,7 @@ export function traceHeaders(
   const sender = envelope.sender ? formatAddress(envelope.sender) : "";
   let text = `Return-Path: <${headerSafe(sender)}>\n`;
   for (const mailbox of mailboxes) text += `Delivered-To: ${headerSafe(mailbox)}\n`;
-  text += `Received: from ${headerSafe(envelope.heloName)} (unknown ${
+  text += `Received: from ${heloForHeader(envelope.heloName, envelope.smtpUtf8)} (unknown ${
     addressLiteral(envelope.clientAddress)
   })\n`;
   if (envelope.tls) {
