@@ -39,7 +39,7 @@ function headerSafe(text: string): string {
   return text.replace(/[\x00-\x1f\x7f]/g, "?");
 }
 
-const NON_ASCII = /[^\x00-\x7f]/;
+const NON_ASCII = /[\u0080-\uffff]/;
 
 /**
  * The EHLO name as the Received header may hold it. 8-bit header text is
@@ -58,7 +58,7 @@ export function heloForHeader(name: string, smtpUtf8: boolean): string {
     } catch { /* not a name IDNA maps: escaped below */ }
   }
   return safe.replace(
-    /[^\x00-\x7f]/g,
+    /[\u0080-\uffff]/g,
     (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
 }
