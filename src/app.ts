@@ -154,6 +154,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     commandTimeout: config.commandTimeout,
     dataTimeout: config.dataTimeout,
     greetDelay: config.greetDelay,
+    rejectUnauthPipelining: config.rejectUnauthPipelining,
     log: log("smtp"),
     observer: metrics && metricsObserver(metrics),
   }, {

@@ -356,3 +356,26 @@ Deno.test("a flood of connections reset before accept does not stall an honest c
     await server.stop();
   }
 });
+
+Deno.test("--reject-unauth-pipelining closes with 554 5.5.0 when the message comes before the 354; off by default", async () => {
+  const batch = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n" +
+    "Subject: did not wait\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+  for (const strict of [true, false]) {
+    const server = await startServer(strict ? ["--reject-unauth-pipelining"] : []);
+    const client = await greeted(server.port);
+    try {
+      await client.send(batch);
+      const replies = await client.readToClose();
+      if (strict) {
+        assertMatch(replies, /\r\n554 5\.5\.0 Error: SMTP protocol synchronization\r\n$/);
+        assertEquals(await newFiles(server.maildir), []);
+      } else {
+        assertMatch(replies, /354 [^\n]*\r\n250 2\.0\.0 Ok: queued as \w+\r\n221 /);
+        assertEquals((await newFiles(server.maildir)).length, 1);
+      }
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  }
+});

@@ -35,6 +35,8 @@ export interface Config {
   readonly tlsKey?: string;
   readonly tls: boolean;
   readonly requireTls: boolean;
+  /** Close with 554 5.5.0 when message content arrives before the 354. */
+  readonly rejectUnauthPipelining: boolean;
   readonly maxMessageSize: number;
   readonly maxRecipients: number;
   readonly maxErrors: number;
@@ -295,6 +297,7 @@ export function parseConfig(
       tlsKey,
       tls: !noTls,
       requireTls,
+      rejectUnauthPipelining: switchOn("rejectUnauthPipelining"),
       maxMessageSize: number("maxMessageSize"),
       maxRecipients: number("maxRecipients"),
       maxErrors: number("maxErrors"),

@@ -256,6 +256,11 @@ export const SETTINGS = {
     arg: "FILE",
     help: "who we accept mail for, with aliases; re-read on SIGHUP",
   },
+  rejectUnauthPipelining: {
+    flag: "reject-unauth-pipelining",
+    kind: "switch",
+    help: "close with 554 5.5.0 when message content arrives before the 354 (RFC 2920 says wait)",
+  },
   subaddressFolders: {
     flag: "subaddress-folders",
     kind: "switch",

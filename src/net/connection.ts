@@ -52,6 +52,8 @@ export interface ConnectionOptions {
   readonly dataTimeout: number;
   /** Wait before the greeting, in milliseconds, to catch early talkers; 0 = off. */
   readonly greetDelay: number;
+  /** Close with 554 5.5.0 when message content arrives before our 354 (RFC 2920 3.1). */
+  readonly rejectUnauthPipelining: boolean;
   /** The logger; each connection adds its session id. */
   readonly log: Logger;
   /** Told about rejected commands and TLS handshakes, when metrics are on. */
@@ -152,9 +154,15 @@ export class Connection {
       const read = await this.#reader.readLine(LIMITS.maxCommandLine);
       if (read.kind === "eof") return;
       const session = this.#session;
-      const action = read.kind === "too-long"
-        ? session.lineTooLong()
-        : session.handleLine(read.line);
+      let action = read.kind === "too-long" ? session.lineTooLong() : session.handleLine(read.line);
+      // RFC 2920 3.1: the client must wait for the 354 before sending the message.
+      // Content already here did not; spamware does that (Postfix's reject_unauth_pipelining).
+      if (
+        action.kind === "data" && options.rejectUnauthPipelining && this.#reader.buffered > 0
+      ) {
+        this.#log.info("Message content before the 354: closing with 554 5.5.0");
+        action = { kind: "close", reply: REPLIES.pipeliningViolation };
+      }
       if (action.reply.code >= 400) {
         options.observer?.commandRejected(action.reply.code);
         this.#log.info("Rejected {command}: {reply}", {

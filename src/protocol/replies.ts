@@ -79,6 +79,8 @@ export const REPLIES = {
   ),
   earlyTalker: reply(554, "5.5.1", "Error: talking before the greeting is not allowed"),
   shuttingDown: reply(421, "4.3.2", "Service shutting down, closing connection"),
+  // Postfix's reply to a client that did not wait where RFC 2920 says it must.
+  pipeliningViolation: reply(554, "5.5.0", "Error: SMTP protocol synchronization"),
 } as const satisfies Record<string, Reply>;
 
 /** The name of one fixed reply. */
