@@ -181,3 +181,25 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="py.test") as sm
     await server.stop();
   }
 });
+
+Deno.test("a TLS 1.0-only client is told so with an alert, after STARTTLS and on the implicit-TLS port", async () => {
+  const server = await startServer([], { tlsListener: true });
+  try {
+    const starttls = await sClient(server.port, ["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"], "");
+    const implicit = await run("openssl", [
+      "s_client",
+      "-connect",
+      `127.0.0.1:${server.tlsPort}`,
+      "-tls1",
+      "-cipher",
+      "DEFAULT@SECLEVEL=0",
+    ], { stdin: "" });
+    for (const result of [starttls, implicit]) {
+      assert(result.code !== 0, "handshake must fail");
+      // A bare close reads "unexpected eof"; an alert names itself.
+      assertMatch(result.stderr, /alert (handshake failure|protocol version)/, result.stderr);
+    }
+  } finally {
+    await server.stop();
+  }
+});

@@ -345,7 +345,7 @@ class TlsReader {
  */
 function connDuplex(conn: Deno.TcpConn, leftover: Uint8Array | undefined): Duplex {
   let first = leftover;
-  return new Duplex({
+  const duplex = new Duplex({
     // The peer's end of input ends the whole stream, so that TLS sees a close
     // (a handshake with a client that left must fail, not wait).
     allowHalfOpen: false,
@@ -374,6 +374,18 @@ function connDuplex(conn: Deno.TcpConn, leftover: Uint8Array | undefined): Duple
       conn.closeWrite().then(() => callback(), () => callback());
     },
   });
+  // A failed handshake must still send its alert (RFC 8446 6.2), e.g. to a
+  // client offering only TLS 1.0. Deno's node:tls destroys this stream
+  // synchronously inside the failed handshake and writes the alert its TLS
+  // library queued one microtask later, which a destroyed stream refuses: so
+  // the destroy waits one macrotask. (Should Deno reorder this, the alert is
+  // lost again, as before, and nothing worse happens.)
+  const destroy = duplex.destroy.bind(duplex);
+  duplex.destroy = ((error?: Error) => {
+    setTimeout(() => destroy(error), 0);
+    return duplex;
+  }) as typeof duplex.destroy;
+  return duplex;
 }
 
 /**
