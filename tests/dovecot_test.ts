@@ -66,6 +66,18 @@ service imap-login {
 `;
 }
 
+/** Letterbox delivering into a fresh Maildir inside a folder Dovecot's set-up will use too. */
+async function startLetterboxForDovecot() {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
+  const maildir = `${dir}/Maildir`;
+  await Deno.mkdir(maildir);
+  const server = await startServer(["--maildir", maildir, "--no-tls"], {
+    maildir: dir,
+    useTestCert: false,
+  });
+  return { dir, maildir, server };
+}
+
 /** A private Dovecot serving `maildir` over IMAP on a free loopback port. */
 interface Dovecot {
   readonly port: number;
@@ -102,9 +114,8 @@ async function startDovecot(dir: string, maildir: string): Promise<Dovecot> {
   };
 }
 
-const IMAP_FETCH = `
-import imaplib, sys, email, time
-from email.header import decode_header, make_header
+/** Python: log in to the Dovecot on argv[1] (retrying while it starts) and select INBOX. */
+const IMAP_LOGIN = `
 port = int(sys.argv[1])
 for attempt in range(50):
     try:
@@ -114,7 +125,12 @@ for attempt in range(50):
         time.sleep(0.1)
 imap.login("test", "secret")
 typ, data = imap.select("INBOX")
-count = int(data[0])
+`;
+
+const IMAP_FETCH = `
+import imaplib, sys, email, time
+from email.header import decode_header, make_header
+${IMAP_LOGIN}count = int(data[0])
 typ, data = imap.fetch(str(count), "(RFC822)")
 message = email.message_from_bytes(data[0][1])
 print(count)
@@ -124,13 +140,7 @@ imap.logout()
 `;
 
 Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
-  const maildir = `${dir}/Maildir`;
-  await Deno.mkdir(maildir);
-  const server = await startServer(["--maildir", maildir, "--no-tls"], {
-    maildir: dir,
-    useTestCert: false,
-  });
+  const { dir, maildir, server } = await startLetterboxForDovecot();
   let dovecot: Dovecot | undefined;
   try {
     const client = await TestClient.connect(server.port);
@@ -167,16 +177,7 @@ Deno.test("a message sent over SMTP is read back over IMAP by Dovecot", async ()
 
 const IMAP_SIZES = `
 import imaplib, sys, time, json
-port = int(sys.argv[1])
-for attempt in range(50):
-    try:
-        imap = imaplib.IMAP4("127.0.0.1", port)
-        break
-    except OSError:
-        time.sleep(0.1)
-imap.login("test", "secret")
-typ, data = imap.select("INBOX")
-results = []
+${IMAP_LOGIN}results = []
 for n in range(1, int(data[0]) + 1):
     typ, data = imap.fetch(str(n), "(RFC822.SIZE BODY.PEEK[] BODY.PEEK[HEADER.FIELDS (X-AFTER)])")
     size = int(data[0][0].split(b"RFC822.SIZE ")[1].split(b" ")[0])
@@ -188,13 +189,7 @@ imap.logout()
 `;
 
 Deno.test("bare CR and bare LF in header and body: Dovecot's sizes match the file name and the header ends where it did on the wire", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
-  const maildir = `${dir}/Maildir`;
-  await Deno.mkdir(maildir);
-  const server = await startServer(["--maildir", maildir, "--no-tls"], {
-    maildir: dir,
-    useTestCert: false,
-  });
+  const { dir, maildir, server } = await startLetterboxForDovecot();
   // Each has a field after the odd line: it must still be in the header.
   const messages = [
     "Subject: cr-only line\r\n\r\r\nX-After: yes\r\n\r\nbody\r\n",
