@@ -20,10 +20,28 @@ function fail(error: unknown): never {
   Deno.exit(2);
 }
 
+/**
+ * The names of the LETTERBOX_ variables set, so that a misspelt one is refused.
+ * Deno lists names only with access to every variable; the binary and make
+ * run may read LETTERBOX_* alone, and then the check is skipped (see README).
+ */
+function letterboxEnvNames(): string[] {
+  try {
+    return Object.keys(Deno.env.toObject()).filter((name) => name.startsWith("LETTERBOX_"));
+  } catch {
+    return [];
+  }
+}
+
 async function main(): Promise<void> {
   let invocation;
   try {
-    invocation = parseConfig(Deno.args, (name) => Deno.env.get(name), () => Deno.hostname());
+    invocation = parseConfig(
+      Deno.args,
+      (name) => Deno.env.get(name),
+      () => Deno.hostname(),
+      letterboxEnvNames(),
+    );
   } catch (error) {
     fail(error);
   }

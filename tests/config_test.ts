@@ -156,3 +156,24 @@ Deno.test("every environment name is LETTERBOX_ and the flag; the old plural nam
     assertEquals(envName(setting), `LETTERBOX_${setting.flag.toUpperCase().replaceAll("-", "_")}`);
   }
 });
+
+Deno.test("an unknown LETTERBOX_ variable is refused like an unknown flag, with the nearest name", () => {
+  const refused = (names: string[]) => {
+    try {
+      parseConfig([], () => undefined, () => "h", names);
+    } catch (e) {
+      if (e instanceof ConfigError) return e.message;
+      throw e;
+    }
+    return "accepted";
+  };
+  assertEquals(
+    refused(["LETTERBOX_MAX_MESAGE_SIZE"]),
+    "Cannot use LETTERBOX_MAX_MESAGE_SIZE: it is not a setting; did you mean LETTERBOX_MAX_MESSAGE_SIZE?",
+  );
+  assertEquals(
+    refused(["LETTERBOX_COLOUR_SCHEME"]),
+    "Cannot use LETTERBOX_COLOUR_SCHEME: it is not a setting; see --help",
+  );
+  assertEquals(refused(["LETTERBOX_DOMAINS", "LETTERBOX_HOOK", "PATH", "HOME"]), "accepted");
+});

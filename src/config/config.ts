@@ -134,18 +134,57 @@ function readArgs(args: readonly string[]): Map<SettingName, Given> | "help" | "
   return given;
 }
 
+/** Refuses a `LETTERBOX_` variable that names no setting, suggesting the nearest one. */
+function checkEnvNames(names: readonly string[]): void {
+  const known = new Set<string>();
+  for (const setting of Object.values(SETTINGS) as Setting[]) {
+    known.add(envName(setting));
+    for (const legacy of setting.legacyEnv ?? []) known.add(legacy);
+  }
+  for (const name of names) {
+    if (!name.startsWith("LETTERBOX_") || known.has(name)) continue;
+    const nearest = [...known].map((k) => ({ k, d: editDistance(k, name) }))
+      .sort((a, b) => a.d - b.d)[0];
+    throw new ConfigError(
+      `Cannot use ${name}: it is not a setting` +
+        (nearest && nearest.d <= 3 ? `; did you mean ${nearest.k}?` : "; see --help"),
+    );
+  }
+}
+
+// Levenshtein distance, for suggesting the setting a misspelt name meant.
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(
+        previous[j] + 1,
+        current[j - 1] + 1,
+        previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
 /**
  * Reads the configuration from command-line arguments and an environment
- * lookup; throws {@link ConfigError} on any mistake.
+ * lookup; throws {@link ConfigError} on any mistake. `envNames` are the
+ * variables set in the environment: a `LETTERBOX_` name that is no setting is
+ * refused like an unknown flag, since a misspelt one would silently do nothing.
  */
 export function parseConfig(
   args: string[],
   env: (name: string) => string | undefined,
   systemHostname: () => string,
+  envNames: readonly string[] = [],
 ): Invocation {
   const fromArgs = readArgs(args);
   if (fromArgs === "help") return { kind: "help" };
   if (fromArgs === "version") return { kind: "version" };
+  checkEnvNames(envNames);
 
   // One value per setting: the flag if given, else the environment, else the default.
   const raw = (name: SettingName): Given | undefined => {
