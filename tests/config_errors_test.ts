@@ -109,7 +109,13 @@ Deno.test("bad configuration exits 2 with one line: a listen address already in 
     const port = (taken.addr as Deno.NetAddr).port;
     const result = await letterbox(["--listen", `127.0.0.1:${port}`, "--no-tls"]);
     assertEquals(result.code, 2, result.stderr);
-    assertEquals(result.stderr, `letterbox: Cannot listen on 127.0.0.1:${port}: EADDRINUSE\n`);
+    // Not the bare EADDRINUSE any more (issue 15): what holds it and what to do.
+    assertEquals(
+      result.stderr,
+      `letterbox: Cannot listen on 127.0.0.1:${port}: another program holds the port ` +
+        `(see which with: ss -ltnp 'sport = :${port}'); stop it (on a new VPS, usually the ` +
+        "distribution's exim4 or postfix) or choose another --listen\n",
+    );
   } finally {
     taken.close();
   }

@@ -58,3 +58,55 @@ Deno.test("deploy/letterbox.env names only variables Letterbox knows", async () 
     assertStringIncludes(help, flag, name);
   }
 });
+
+const IS_ROOT = Deno.uid() === 0 && await have("unshare") && await have("ip");
+
+Deno.test({
+  name: "the shipped LETTERBOX_LISTEN (0.0.0.0:25,[::]:25) starts and answers on IPv4 and IPv6",
+  // Wildcard addresses on port 25 only in a network namespace of our own, with only loopback.
+  ignore: !IS_ROOT,
+  fn: async () => {
+    const env = await Deno.readTextFile(`${REPO}/deploy/letterbox.env`);
+    const listen = /^LETTERBOX_LISTEN=(.+)$/m.exec(env)?.[1];
+    assertEquals(listen, "0.0.0.0:25,[::]:25");
+    const dir = await Deno.makeTempDir({ prefix: "letterbox-netns-" });
+    try {
+      const script = `
+set -e
+ip link set lo up
+LETTERBOX_LISTEN='${listen}' "$1" run -A "$2/main.ts" --maildir "$3" --no-tls --hostname mx.test 2> "$3/log" &
+pid=$!
+for i in $(seq 100); do grep -q ready "$3/log" 2>/dev/null && break; sleep 0.1; done
+python3 - <<'PY'
+import socket
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    s = socket.socket(family)
+    s.settimeout(5)
+    s.connect((host, 25))
+    print(host, s.recv(100).decode().strip())
+    s.close()
+PY
+kill $pid
+wait $pid || true
+`;
+      const result = await run("unshare", [
+        "-n",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        Deno.execPath(),
+        REPO,
+        dir,
+      ]);
+      const log = await Deno.readTextFile(`${dir}/log`).catch(() => "");
+      assertEquals(result.stdout.trim().split("\n"), [
+        "127.0.0.1 220 mx.test ESMTP Letterbox",
+        "::1 220 mx.test ESMTP Letterbox",
+      ], `${result.stderr}\n${log}`);
+      assertStringIncludes(log, "served by the IPv6 wildcard listener (dual-stack)");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -53,33 +53,61 @@ export class Server {
     this.#log = options.log;
   }
 
-  /** Opens every listener; throws {@link ConfigError} when one cannot be opened. */
+  /**
+   * Opens every listener; throws {@link ConfigError} when one cannot be
+   * opened, saying what to do. Returns each spec's address, in spec order.
+   *
+   * `[::]:P` and `0.0.0.0:P` together are the usual way to say "IPv4 and
+   * IPv6", but on Linux (net.ipv6.bindv6only = 0, the default) the IPv6
+   * wildcard socket takes IPv4 too and the second bind fails. So IPv6
+   * wildcards bind first, and an IPv4 wildcard on the same port that is then
+   * in use is served by it (dual-stack); with bindv6only = 1 both bind.
+   */
   start(specs: readonly ListenerSpec[]): ListenAddress[] {
-    const bound: ListenAddress[] = [];
-    for (const spec of specs) {
+    const bound: (ListenAddress | undefined)[] = new Array(specs.length);
+    const opened: { listener: Deno.TcpListener; spec: ListenerSpec; index: number }[] = [];
+    const order = specs.map((spec, index) => ({ spec, index }))
+      .sort((a, b) => wildcardRank(a.spec) - wildcardRank(b.spec));
+    for (const { spec, index } of order) {
+      const { hostname, port } = spec.address;
       let listener: Deno.TcpListener;
       try {
-        listener = Deno.listen({ hostname: spec.address.hostname, port: spec.address.port });
+        listener = Deno.listen({ hostname, port });
       } catch (error) {
-        const code = (error as { code?: string }).code ??
-          (describeError(error));
-        for (const opened of this.#listeners) opened.close();
-        throw new ConfigError(`Cannot listen on ${formatListen(spec.address)}: ${code}`);
+        const dualStack = hostname === "0.0.0.0" && port !== 0 &&
+          error instanceof Deno.errors.AddrInUse &&
+          opened.some(({ spec: other }) =>
+            other.address.hostname === "::" && other.address.port === port &&
+            other.implicitTls === spec.implicitTls && !!other.address.proxy === !!spec.address.proxy
+          );
+        if (dualStack) {
+          bound[index] = { hostname, port };
+          this.#log.info("{address} is served by the IPv6 wildcard listener (dual-stack)", {
+            address: formatListen(spec.address),
+          });
+          continue;
+        }
+        for (const { listener } of opened) listener.close();
+        throw new ConfigError(
+          `Cannot listen on ${formatListen(spec.address)}: ${listenAdvice(error, port)}`,
+        );
       }
-      this.#listeners.push(listener);
+      opened.push({ listener, spec, index });
       const address = listener.addr as Deno.NetAddr;
-      bound.push({ hostname: address.hostname, port: address.port });
+      bound[index] = { hostname: address.hostname, port: address.port };
     }
+    this.#listeners.push(...opened.map(({ listener }) => listener));
     // Logged once all are open: a start that fails prints only its error.
-    specs.forEach((spec, i) => {
+    opened.sort((a, b) => a.index - b.index);
+    for (const { listener, spec, index } of opened) {
       this.#log.info("Listening on {address} ({kind})", {
-        address: formatListen(bound[i]),
+        address: formatListen(bound[index]!),
         kind: (spec.implicitTls ? "implicit TLS" : "SMTP") +
           (spec.address.proxy ? ", PROXY protocol" : ""),
       });
-      this.#accepting.push(this.#acceptLoop(this.#listeners[i], spec));
-    });
-    return bound;
+      this.#accepting.push(this.#acceptLoop(listener, spec));
+    }
+    return bound as ListenAddress[];
   }
 
   /**
@@ -261,6 +289,33 @@ export function isConnectionError(error: unknown): boolean {
   ) return true;
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" && CONNECTION_ERROR_CODES.has(code);
+}
+
+// IPv6 wildcards first, so that an IPv4 wildcard on the same port can be
+// recognised as already served by them.
+function wildcardRank(spec: ListenerSpec): number {
+  return spec.address.hostname === "::" ? 0 : 1;
+}
+
+/** What went wrong opening a listener, and what to do about it, in one clause. */
+export function listenAdvice(error: unknown, port: number): string {
+  if (error instanceof Deno.errors.AddrInUse) {
+    return `another program holds the port (see which with: ss -ltnp 'sport = :${port}'); ` +
+      "stop it (on a new VPS, usually the distribution's exim4 or postfix) or choose another --listen";
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return port < 1024
+      ? "ports below 1024 need CAP_NET_BIND_SERVICE; run it as deploy/letterbox.service does " +
+        "(AmbientCapabilities=CAP_NET_BIND_SERVICE), or: setcap cap_net_bind_service=+ep dist/letterbox"
+      : "the system refused the address (EACCES)";
+  }
+  if (error instanceof Deno.errors.NotCapable) {
+    return "Letterbox may not listen there; add the address to LISTEN_HOSTS for make build";
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return "no interface has this address";
+  }
+  return (error as { code?: string }).code ?? describeError(error);
 }
 
 /** Formats a listen address as `host:port`, with brackets around IPv6. */
