@@ -13,6 +13,8 @@ import { HookQueue } from "./hooks/queue.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
+import { probeWritable } from "./maildir/maildir.ts";
+import { maildirRootOf } from "./maildir/template.ts";
 import { Metrics } from "./metrics.ts";
 import { CertificateStore } from "./net/certificate_store.ts";
 import type { ConnectionObserver } from "./net/connection.ts";
@@ -89,6 +91,20 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     );
   }
 
+  const maildirRoot = maildirRootOf(config.maildir);
+  try {
+    await probeWritable(maildirRoot);
+  } catch (error) {
+    throw new ConfigError(
+      `Cannot write to the Maildir root ${JSON.stringify(maildirRoot)}: ${
+        error instanceof Deno.errors.NotCapable
+          ? `Letterbox may not write there (make build MAIL_ROOT=${maildirRoot}, or --allow-write)`
+          : `${describeError(error)}; Letterbox writes as the user it runs as (the mail user in ` +
+            "deploy/letterbox.service): give that user the folder"
+      }`,
+    );
+  }
+
   // Debris from a crash: files older than 36 hours in tmp/ (Maildir specification).
   let staleRemoved = 0;
   for (const maildir of await knownMaildirs(config.maildir)) {
@@ -132,6 +148,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       );
     }
   }
+  const afterCommit = new AfterCommit({ hooks, metrics });
   const pipeline = new Pipeline(
     router,
     {
@@ -139,7 +156,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       checks: [],
       maxMessageSize: config.maxMessageSize,
     },
-    new AfterCommit({ hooks, metrics }),
+    afterCommit,
   );
   const server = new Server({
     session: {
@@ -179,7 +196,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   let endpoint: MetricsEndpoint | undefined;
   if (config.metrics && metrics) {
     try {
-      endpoint = serveMetrics(config.metrics, metrics);
+      endpoint = serveMetrics(config.metrics, metrics, () => afterCommit.health());
     } catch (error) {
       await server.shutdown(0);
       await stopHooks();

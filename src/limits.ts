@@ -80,6 +80,12 @@ export const LIMITS = {
   acceptBackoffMax: 1000,
   /** At most one log line per this many ms about failing accepts. */
   acceptErrorLogInterval: 10_000,
+  /**
+   * Deliveries failing in a row (our own 4xx: disk, permissions) before
+   * /healthz reports unhealthy; one success clears it. A few, so that one odd
+   * failure does not page anyone and a broken disk does within seconds.
+   */
+  unhealthyAfterFailures: 3,
   /** How long a client has for the TLS handshake after 220 2.0.0 or on connect. */
   tlsHandshakeTimeout: 30_000,
 } as const;

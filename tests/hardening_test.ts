@@ -7,6 +7,7 @@ import {
   newFiles,
   readMessages,
   REPO,
+  run,
   serverPermissions,
   startServer,
   TestClient,
@@ -229,13 +230,14 @@ Deno.test("files older than 36 hours in tmp/ are removed at start; newer ones st
   }
 });
 
-Deno.test("the server process cannot write outside the folders its permissions name", async () => {
+Deno.test("the server process cannot write outside the folders its permissions name, and says so at start", async () => {
   // The sandbox allows writing under `allowed`, but the Maildir is configured
-  // outside it: delivery must fail safely (451) and nothing may appear there.
+  // outside it: the start must fail with one line (issue 15; it used to pass
+  // start-up and answer 451 to every message), and nothing may appear there.
   const allowed = await Deno.makeTempDir({ prefix: "letterbox-allowed-" });
   const outside = await Deno.makeTempDir({ prefix: "letterbox-outside-" });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
+  try {
+    const result = await run(Deno.execPath(), [
       "run",
       ...serverPermissions(allowed),
       `${REPO}/main.ts`,
@@ -244,47 +246,67 @@ Deno.test("the server process cannot write outside the folders its permissions n
       "--maildir",
       `${outside}/Maildir`,
       "--no-tls",
-      "--log-format",
-      "json",
-    ],
-    stderr: "piped",
-    stdout: "null",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let log = "";
-  let port = 0;
+    ]);
+    assertEquals(result.code, 2);
+    assertEquals(
+      result.stderr,
+      `letterbox: Cannot write to the Maildir root "${outside}/Maildir": Letterbox may not write ` +
+        `there (make build MAIL_ROOT=${outside}/Maildir, or --allow-write)\n`,
+    );
+    assertEquals([...Deno.readDirSync(outside)], []);
+  } finally {
+    await Deno.remove(allowed, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("a Maildir root that cannot hold files stops the start with one line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-notdir-" });
   try {
-    while (!port) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(log);
-      log += value;
-      port = Number(/"address":"127\.0\.0\.1:(\d+)"/.exec(log)?.[1] ?? 0);
-    }
-    const client = await greeted(port);
+    await Deno.writeTextFile(`${dir}/file`, "not a folder");
+    const error = await startServer(["--maildir", `${dir}/file/{user}`]).then(
+      (server) => server.stop().then(() => undefined),
+      (error) => error as Error,
+    );
+    assertStringIncludes(String(error?.message), `Cannot write to the Maildir root "${dir}/file"`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("/healthz turns unhealthy with the reason when deliveries keep failing, and recovers", async () => {
+  const root = await Deno.makeTempDir({ prefix: "letterbox-health-" });
+  const server = await startServer(["--metrics", "127.0.0.1:0", "--maildir", `${root}/{user}`], {
+    maildir: root,
+  });
+  const line = server.logs.find((l) => String(l.message).startsWith("Metrics on"));
+  const healthz = `http://${(line?.properties as { address: string }).address}/healthz`;
+  const health = async () => {
+    const response = await fetch(healthz);
+    return `${response.status} ${await response.text()}`;
+  };
+  const send = async () => {
+    const client = await greeted(server.port);
     try {
-      await client.startMessage("a@b.test", ["x@y.test"]);
-      await client.send("Subject: x\r\n\r\nx\r\n.\r\n");
-      assertEquals(
-        (await client.reply()).text,
-        "451 4.3.0 Error: local error in processing, try again later\r\n",
-      );
+      await client.startMessage("a@b.test", ["alice@x.test"]);
+      await client.send("Subject: h\r\n\r\nx\r\n.\r\n");
+      return (await client.reply()).code;
     } finally {
       client.close();
     }
-    // The refusal is logged with the reason.
-    while (!log.includes("Delivery of")) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      log += value;
-    }
-    assertEquals([...Deno.readDirSync(outside)], []);
-    assertStringIncludes(log, "Requires write access");
+  };
+  try {
+    assertEquals(await health(), "200 ok\n");
+    // alice's Maildir path is taken by a file: every delivery to her fails.
+    await Deno.writeTextFile(`${root}/alice`, "in the way");
+    for (let i = 0; i < 3; i++) assertEquals(await send(), 451);
+    assertMatch(await health(), /^503 unhealthy: the last 3 deliveries failed: .+\n$/);
+    await Deno.remove(`${root}/alice`);
+    assertEquals(await send(), 250);
+    assertEquals(await health(), "200 ok\n");
   } finally {
-    child.kill("SIGTERM");
-    await child.status;
-    await reader.cancel();
-    await Deno.remove(allowed, { recursive: true });
-    await Deno.remove(outside, { recursive: true });
+    await server.stop();
+    await Deno.remove(root, { recursive: true });
   }
 });
 

@@ -301,3 +301,17 @@ export async function syncDirectory(dir: string): Promise<void> {
     handle.close();
   }
 }
+
+/**
+ * Checks at start that messages can be written under `root`: makes it if
+ * missing, then creates and removes one probe file, so that a root Letterbox
+ * may not write to stops the start instead of failing every message with 451.
+ * Throws what the file system said.
+ */
+export async function probeWritable(root: string): Promise<void> {
+  await Deno.mkdir(root, { recursive: true, mode: DIRECTORY_MODE });
+  const probe = `${root}/.letterbox-probe-${Deno.pid}-${crypto.randomUUID()}`;
+  const file = await Deno.open(probe, { write: true, createNew: true, mode: FILE_MODE });
+  file.close();
+  await Deno.remove(probe);
+}

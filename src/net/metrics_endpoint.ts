@@ -7,6 +7,7 @@
 
 import type { ListenAddress } from "../config/config.ts";
 import type { Metrics } from "../metrics.ts";
+import type { Health } from "../pipeline/after_commit.ts";
 
 /** A running metrics endpoint. */
 export interface MetricsEndpoint {
@@ -16,8 +17,15 @@ export interface MetricsEndpoint {
   shutdown(): Promise<void>;
 }
 
-/** Serves the metrics; throws when the address cannot be bound. */
-export function serveMetrics(address: ListenAddress, metrics: Metrics): MetricsEndpoint {
+/**
+ * Serves the metrics; throws when the address cannot be bound. /healthz says
+ * `ok`, or 503 with the reason when `health` reports deliveries failing.
+ */
+export function serveMetrics(
+  address: ListenAddress,
+  metrics: Metrics,
+  health: () => Health = () => ({ ok: true }),
+): MetricsEndpoint {
   const server = Deno.serve(
     { hostname: address.hostname, port: address.port, onListen: () => {} },
     (request) => {
@@ -27,7 +35,12 @@ export function serveMetrics(address: ListenAddress, metrics: Metrics): MetricsE
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
         });
       }
-      if (path === "/healthz") return new Response("ok\n");
+      if (path === "/healthz") {
+        const now = health();
+        return now.ok
+          ? new Response("ok\n")
+          : new Response(`unhealthy: ${now.reason}\n`, { status: 503 });
+      }
       return new Response("Not found\n", { status: 404 });
     },
   );

@@ -9,6 +9,7 @@
 
 import type { Logger } from "@logtape/logtape";
 import type { HookQueue } from "../hooks/queue.ts";
+import { LIMITS } from "../limits.ts";
 import { describeError } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { formatAddress } from "../protocol/address.ts";
@@ -17,6 +18,12 @@ import type { Envelope } from "./envelope.ts";
 import { inspectMessage } from "./inspect.ts";
 import type { MessageResult } from "./message.ts";
 import type { StoredCopy } from "./targets/target.ts";
+
+/** Whether deliveries work, and if not, why (for /healthz). */
+export interface Health {
+  readonly ok: boolean;
+  readonly reason?: string;
+}
 
 /** What the after-commit stage reports to. */
 export interface AfterCommitOptions {
@@ -30,6 +37,8 @@ export interface AfterCommitOptions {
 export class AfterCommit {
   readonly #options: AfterCommitOptions;
   readonly #pending = new Set<Promise<void>>();
+  #failuresInARow = 0;
+  #lastFailure = "";
 
   /** Creates the stage. */
   constructor(options: AfterCommitOptions) {
@@ -87,6 +96,11 @@ export class AfterCommit {
   ): void {
     const metrics = this.#options.metrics;
     const queued = result.outcome.kind === "queued";
+    if (queued) this.#failuresInARow = 0;
+    else if (result.storageFailed) {
+      this.#failuresInARow++;
+      this.#lastFailure = result.failure ?? "unknown";
+    }
     if (metrics) {
       metrics.messages.inc({ code: String(reply.code) });
       metrics.receivedBytes.inc({}, result.wireBytes);
@@ -128,6 +142,15 @@ export class AfterCommit {
     );
     this.#pending.add(summary);
     summary.finally(() => this.#pending.delete(summary));
+  }
+
+  /** Unhealthy once the last few deliveries all failed to store, with the last reason. */
+  health(): Health {
+    if (this.#failuresInARow < LIMITS.unhealthyAfterFailures) return { ok: true };
+    return {
+      ok: false,
+      reason: `the last ${this.#failuresInARow} deliveries failed: ${this.#lastFailure}`,
+    };
   }
 
   /** Resolves once every log line under way is written (for shutdown). */
