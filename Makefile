@@ -37,7 +37,7 @@ V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
-	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR) --allow-write=$(MAIL_ROOT) \
+	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
 	--allow-env=LETTERBOX_* --allow-sys=hostname
 
 # The real peers the tests use, from Debian. Installed only when missing, and
@@ -67,10 +67,12 @@ deno:
 	@"$(DENO)" install --frozen --quiet
 
 # Starts Letterbox on 127.0.0.1:2525, delivering to ./Maildir, with STARTTLS on a
-# self-signed certificate made at start.
+# self-signed certificate made at start. What a configuration in ARGS needs
+# beyond that goes in PERMISSIONS, e.g. PERMISSIONS=--allow-run=/usr/local/bin/on-mail
+# (Letterbox names the missing one at start).
 run: deno
 	@mkdir -p Maildir
-	"$(DENO)" run $(V8_FLAGS) $(RUN_PERMISSIONS) main.ts $(ARGS)
+	"$(DENO)" run $(V8_FLAGS) $(RUN_PERMISSIONS) $(PERMISSIONS) main.ts $(ARGS)
 
 test: deno deps certs
 	"$(DENO)" fmt --check

@@ -10,6 +10,7 @@
 import type { Logger } from "@logtape/logtape";
 import { type Config, ConfigError, type ListenAddress } from "./config/config.ts";
 import { HookQueue } from "./hooks/queue.ts";
+import { checkHooks } from "./hooks/startup.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
@@ -129,6 +130,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   const metrics = config.metrics ? new Metrics() : undefined;
   let hooks: HookQueue | undefined;
   if (config.hooks.length > 0) {
+    await checkHooks(config.hooks);
     hooks = new HookQueue({
       hooks: config.hooks,
       spool: config.hookSpool,

@@ -164,3 +164,46 @@ Deno.test("a misspelt LETTERBOX_ variable stops the start when the environment c
     "letterbox: Cannot use LETTERBOX_MAX_MESAGE_SIZE: it is not a setting; did you mean LETTERBOX_MAX_MESSAGE_SIZE?\n",
   );
 });
+
+Deno.test("an exec hook Letterbox may not run stops the start, naming the permission to grant", async () => {
+  const result = await letterbox(["--no-tls", "--hook", "*=exec:/bin/true"]);
+  assertEquals(result.code, 2);
+  assertEquals(
+    result.stderr,
+    'letterbox: Cannot use --hook "*=exec:/bin/true": Letterbox may not run /bin/true; grant it ' +
+      "with make run PERMISSIONS=--allow-run=/bin/true, or build with make build HOOK_COMMANDS=/bin/true\n",
+  );
+});
+
+Deno.test("an exec hook naming a missing or non-executable program stops the start", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-hook-" });
+  try {
+    await Deno.writeTextFile(`${dir}/not-executable`, "#!/bin/sh\n", { mode: 0o644 });
+    for (
+      const [command, problem] of [
+        [`${dir}/missing`, "does not exist"],
+        [`${dir}/not-executable`, "is not executable"],
+      ]
+    ) {
+      const result = await run(Deno.execPath(), [
+        "run",
+        "-A",
+        `${REPO}/main.ts`,
+        "--no-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--maildir",
+        `${dir}/Maildir`,
+        "--hook",
+        `*=exec:${command}`,
+      ]);
+      assertEquals(result.code, 2, result.stderr);
+      assertEquals(
+        result.stderr,
+        `letterbox: Cannot use --hook "*=exec:${command}": ${command} ${problem}\n`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
