@@ -1,6 +1,7 @@
 import { parseMailbox } from "../src/protocol/address.ts";
 import { type Route, Router } from "../src/pipeline/route.ts";
 import { templateProblem } from "../src/maildir/template.ts";
+import { parseRecipients } from "../src/pipeline/recipients.ts";
 import type { Reply } from "../src/protocol/replies.ts";
 import { REPLIES } from "../src/protocol/replies.ts";
 import { assert, assertEquals } from "./_assert.ts";
@@ -58,4 +59,32 @@ Deno.test("templateProblem() refuses templates that could escape or have no fixe
   assert(templateProblem("/var/vmail/../{user}"));
   assert(templateProblem("{domain}/{user}"));
   assert(templateProblem("/var/vmail/{name}"));
+});
+
+Deno.test("postmaster is accepted with a recipients file that does not name it (RFC 5321 4.5.1)", () => {
+  const table = parseRecipients("alice@example.com\n@example.org: alice@example.com\n");
+  const withFile = new Router({
+    maildir: "/var/vmail/{domain}/{user}",
+    domains: [],
+    defaultDomain: "example.com",
+    recipients: () => table,
+  });
+  for (const text of ["postmaster", "PostMaster@example.com"]) {
+    const decided = withFile.route(address(text));
+    assert(!("code" in decided), text);
+    assertEquals(decided.destinations.map((d) => d.maildir), ["/var/vmail/example.com/postmaster"]);
+  }
+  // An alias for it in the file is followed.
+  const aliased = parseRecipients("alice@example.com\npostmaster@example.com: alice@example.com\n");
+  const decided = new Router({
+    maildir: "/var/vmail/{domain}/{user}",
+    domains: [],
+    defaultDomain: "example.com",
+    recipients: () => aliased,
+  }).route(address("postmaster"));
+  assert(!("code" in decided));
+  assertEquals(decided.destinations.map((d) => d.mailbox), ["alice@example.com"]);
+  // Not a way around the domain check, nor for other unknown users.
+  assertEquals(refusal(withFile.route(address("postmaster@elsewhere.test"))), REPLIES.relayDenied);
+  assertEquals(refusal(withFile.route(address("bob@example.com"))), REPLIES.unknownUser);
 });

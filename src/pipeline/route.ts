@@ -79,8 +79,13 @@ export class Router {
       if (resolution.kind === "unknown-domain" && !this.#domains.has(domain)) {
         return REPLIES.relayDenied;
       }
-      if (resolution.kind !== "mailboxes") return REPLIES.unknownUser;
-      mailboxes = resolution.mailboxes;
+      if (resolution.kind === "mailboxes") {
+        mailboxes = resolution.mailboxes;
+      } else if (recipient.localText.toLowerCase() === "postmaster") {
+        mailboxes = this.#postmaster(table);
+      } else {
+        return REPLIES.unknownUser;
+      }
     } else if (this.#domains.size > 0 && !this.#domains.has(domain)) {
       return REPLIES.relayDenied;
     }
@@ -124,6 +129,16 @@ export class Router {
     // refused here rather than accepted with nowhere to go.
     if (destinations.length === 0) return REPLIES.unknownUser;
     return { recipient, destinations };
+  }
+
+  // RFC 5321 4.5.1: postmaster, with no domain or at any of ours, must be
+  // accepted. One the file does not name goes where postmaster@ the first
+  // domain goes: its entry (an alias, say) if the file has one, else a
+  // mailbox of that name.
+  #postmaster(table: RecipientTable): readonly string[] {
+    const home = this.#options.defaultDomain.toLowerCase();
+    const resolution = resolveRecipient(table, "postmaster", home);
+    return resolution.kind === "mailboxes" ? resolution.mailboxes : [`postmaster@${home}`];
   }
 
   /** The Maildir a recipient's copy goes to when no recipients file renames it. */
