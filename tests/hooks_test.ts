@@ -33,11 +33,11 @@ function attachmentMessage(): string {
   ].join("\r\n");
 }
 
-async function send(port: number, to: string, content: string): Promise<number> {
+async function send(port: number, to: string | string[], content: string): Promise<number> {
   const client = await TestClient.connect(port);
   try {
     await client.reply();
-    await client.startMessage("bob@sender.test", [to]);
+    await client.startMessage("bob@sender.test", typeof to === "string" ? [to] : to);
     await client.send(content + ".\r\n");
     const began = performance.now();
     assertEquals((await client.reply()).code, 250);
@@ -154,7 +154,7 @@ Deno.test("an exec hook gets the raw message on stdin byte-exact, the envelope i
   await Deno.chmod(script, 0o755);
   const server = await spawnServer([
     "--maildir",
-    `${root}/Maildir`,
+    `${root}/mail/{user}`,
     "--hook",
     `@example.com=exec:${script}`,
   ], {
@@ -162,24 +162,26 @@ Deno.test("an exec hook gets the raw message on stdin byte-exact, the envelope i
     permissions: [`--allow-run=${script}`],
   });
   try {
+    // bcc@other.test does not match @example.com: the hook is not told of it (issue 15).
     await send(
       server.port,
-      "alice@example.com",
+      ["alice@example.com", "bcc@other.test"],
       "Subject: run me\r\n\r\n..dotted\r\nbytes \xff\r\n",
     );
     await until(() => server.logs.some((l) => String(l.message).startsWith("Hook")));
-    const [file] = await newFiles(`${root}/Maildir`);
+    const [file] = await newFiles(`${root}/mail/alice`);
     assertEquals(
       await Deno.readFile(`${out}/stdin`),
-      await Deno.readFile(`${root}/Maildir/new/${file}`),
+      await Deno.readFile(`${root}/mail/alice/new/${file}`),
     );
     const env = await Deno.readTextFile(`${out}/env`);
     assert(env.includes("LETTERBOX_SENDER=bob@sender.test\n"), env);
     assert(env.includes("LETTERBOX_RECIPIENT=alice@example.com\n"), env);
-    assertEquals(
-      JSON.parse(await Deno.readTextFile(`${out}/payload.json`)).message.subject,
-      "run me",
-    );
+    const payload = JSON.parse(await Deno.readTextFile(`${out}/payload.json`));
+    assertEquals(payload.message.subject, "run me");
+    assertEquals(payload.envelope.recipients, ["alice@example.com"]);
+    // ...nor of the other recipient's copy, whose Maildir would name it.
+    assertEquals(payload.envelope.files, [`${root}/mail/alice/new/${file}`]);
   } finally {
     await server.stop();
     await Deno.remove(root, { recursive: true });

@@ -54,10 +54,14 @@ export function parseHook(text: string): Hook | string {
   return { text, pattern, target: { kind: "webhook", url: url.href } };
 }
 
-/** True when the hook's pattern matches one of the recipients (`local@domain`). */
-export function hookMatches(hook: Hook, recipients: readonly string[]): boolean {
-  if (hook.pattern === "*") return true;
-  return recipients.some((recipient) => {
+/**
+ * The recipients (`local@domain`) the hook's pattern matches: what the hook is
+ * told of, so that it never learns of Bcc recipients that are none of its
+ * business. Empty when the hook does not fire.
+ */
+export function matchingRecipients(hook: Hook, recipients: readonly string[]): string[] {
+  if (hook.pattern === "*") return [...recipients];
+  return recipients.filter((recipient) => {
     const lower = recipient.toLowerCase();
     return hook.pattern.startsWith("@") ? lower.endsWith(hook.pattern) : lower === hook.pattern;
   });

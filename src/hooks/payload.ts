@@ -17,8 +17,16 @@ export interface JobEnvelope {
   readonly heloName: string;
   readonly tls: string | null;
   readonly receivedAt: string;
-  /** The stored copies: Maildir and file name (the file may move from new/ to cur/). */
-  readonly files: readonly { readonly maildir: string; readonly name: string }[];
+  /**
+   * The stored copies: Maildir and file name (the file may move from new/ to
+   * cur/), and the envelope recipients each copy is for (absent in jobs
+   * spooled by earlier versions).
+   */
+  readonly files: readonly {
+    readonly maildir: string;
+    readonly name: string;
+    readonly recipients?: readonly string[];
+  }[];
 }
 
 function base64(bytes: Uint8Array): string {

@@ -10,7 +10,7 @@
 
 import type { Logger } from "@logtape/logtape";
 import { syncDirectory } from "../maildir/maildir.ts";
-import { type Hook, hookMatches } from "./hook.ts";
+import { type Hook, matchingRecipients } from "./hook.ts";
 import { buildPayload, type JobEnvelope } from "./payload.ts";
 
 /** How hooks run. Durations in milliseconds. */
@@ -95,13 +95,23 @@ export class HookQueue {
    * by jobs that survive a crash.
    */
   async enqueue(envelope: JobEnvelope): Promise<number> {
-    const hooks = this.#options.hooks.filter((hook) => hookMatches(hook, envelope.recipients));
-    if (hooks.length === 0) return 0;
+    const matches = this.#options.hooks
+      .map((hook) => ({ hook, recipients: matchingRecipients(hook, envelope.recipients) }))
+      .filter(({ recipients }) => recipients.length > 0);
+    if (matches.length === 0) return 0;
     const now = Date.now();
-    const jobs: Job[] = hooks.map((hook) => ({
+    const jobs: Job[] = matches.map(({ hook, recipients }) => ({
       id: `${envelope.queueId}-${(++this.#sequence).toString(36)}`,
       hook,
-      envelope,
+      // Only its own recipients and their copies: the others' Maildirs would
+      // name them too.
+      envelope: {
+        ...envelope,
+        recipients,
+        files: envelope.files.filter((file) =>
+          !file.recipients || file.recipients.some((r) => recipients.includes(r))
+        ),
+      },
       createdAt: now,
       attempts: 0,
       nextAttemptAt: now,

@@ -77,6 +77,7 @@ export class AfterCommit {
         files: copies.map((copy) => ({
           maildir: copy.maildir,
           name: copy.path.slice(copy.path.lastIndexOf("/") + 1),
+          recipients: copy.recipients.map(formatAddress),
         })),
       });
     } catch (error) {
