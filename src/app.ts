@@ -131,10 +131,19 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   let hooks: HookQueue | undefined;
   if (config.hooks.length > 0) {
     await checkHooks(config.hooks);
+    const secret = await hookSecret(config);
+    if (!secret && config.hooks.some((hook) => hook.target.kind === "webhook")) {
+      warnings.push(() =>
+        serverLog.warn(
+          "Webhooks are unsigned: anyone who finds their URL can call them as Letterbox; " +
+            "set --hook-secret-file",
+        )
+      );
+    }
     hooks = new HookQueue({
       hooks: config.hooks,
       spool: config.hookSpool,
-      secret: config.hookSecret,
+      secret,
       maxAttachmentBytes: config.hookMaxAttachmentBytes,
       retryFor: config.hookRetryFor,
       retryDelay: config.hookRetryDelay,
@@ -238,6 +247,28 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       return stopped;
     },
   };
+}
+
+// The secret from --hook-secret, or the first line of --hook-secret-file.
+async function hookSecret(config: Config): Promise<string | undefined> {
+  if (!config.hookSecretFile) return config.hookSecret;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(config.hookSecretFile);
+  } catch (error) {
+    throw new ConfigError(
+      `Cannot read --hook-secret-file ${JSON.stringify(config.hookSecretFile)}: ${
+        describeError(error)
+      }`,
+    );
+  }
+  const secret = text.split(/\r?\n/)[0].trim();
+  if (secret === "") {
+    throw new ConfigError(
+      `Cannot use --hook-secret-file ${JSON.stringify(config.hookSecretFile)}: it is empty`,
+    );
+  }
+  return secret;
 }
 
 function metricsObserver(metrics: Metrics): ConnectionObserver {

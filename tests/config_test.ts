@@ -177,3 +177,10 @@ Deno.test("an unknown LETTERBOX_ variable is refused like an unknown flag, with 
   );
   assertEquals(refused(["LETTERBOX_DOMAINS", "LETTERBOX_HOOK", "PATH", "HOME"]), "accepted");
 });
+
+Deno.test("--hook-secret and --hook-secret-file exclude each other", () => {
+  assertEquals(
+    error(["--hook-secret", "a", "--hook-secret-file", "/etc/letterbox/hook-secret"]),
+    "Cannot use --hook-secret with --hook-secret-file: choose one",
+  );
+});

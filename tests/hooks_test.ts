@@ -234,3 +234,34 @@ Deno.test("hooks that could outgrow the heap are warned about at start-up, not r
     await target.server.shutdown();
   }
 });
+
+Deno.test("--hook-secret-file signs webhooks like --hook-secret; unsigned webhooks are warned about", async () => {
+  const target = hookServer(() => 200);
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-secret-" });
+  await Deno.writeTextFile(`${dir}/secret`, "fil3-secret\n", { mode: 0o600 });
+  const signed = await startServer([
+    "--hook",
+    `alice@example.com=${target.url}`,
+    "--hook-secret-file",
+    `${dir}/secret`,
+  ]);
+  const unsigned = await startServer(["--hook", `alice@example.com=${target.url}`]);
+  const warned = (logs: Record<string, unknown>[]) =>
+    logs.some((record) => String(record.message).startsWith("Webhooks are unsigned"));
+  try {
+    assert(!warned(signed.logs));
+    assert(warned(unsigned.logs));
+    await send(signed.port, "alice@example.com", "Subject: signed\r\n\r\nx\r\n");
+    await until(() => target.requests.length >= 1);
+    const { headers, body } = target.requests[0];
+    assertEquals(
+      headers.get("x-letterbox-signature"),
+      `sha256=${await hmacHex("fil3-secret", `${headers.get("x-letterbox-timestamp")}.${body}`)}`,
+    );
+  } finally {
+    await signed.stop();
+    await unsigned.stop();
+    await target.server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

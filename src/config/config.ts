@@ -54,6 +54,8 @@ export interface Config {
   readonly hooks: readonly Hook[];
   /** Hook settings; durations in milliseconds. */
   readonly hookSecret?: string;
+  /** A file holding the hook secret, read at start. */
+  readonly hookSecretFile?: string;
   readonly hookMaxAttachmentBytes: number;
   readonly hookRetryFor: number;
   readonly hookRetryDelay: number;
@@ -307,6 +309,9 @@ export function parseConfig(
   }
   if (noTls && tlsCert) throw new ConfigError("Cannot use --tls-cert with --no-tls: choose one");
 
+  if (text("hookSecret") !== undefined && text("hookSecretFile") !== undefined) {
+    throw new ConfigError("Cannot use --hook-secret with --hook-secret-file: choose one");
+  }
   const hooks = (list("hooks") ?? []).map((item) => {
     const hook = parseHook(item);
     if (typeof hook === "string") throw problem(givenOf("hooks"), item, hook);
@@ -350,6 +355,7 @@ export function parseConfig(
       recipients: text("recipients"),
       hooks,
       hookSecret: text("hookSecret"),
+      hookSecretFile: text("hookSecretFile"),
       hookMaxAttachmentBytes: number("hookMaxAttachmentBytes"),
       hookRetryFor,
       hookRetryDelay: number("hookRetryDelay"),

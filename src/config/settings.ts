@@ -194,6 +194,12 @@ export const SETTINGS = {
     arg: "SECRET",
     help: "sign webhook bodies with HMAC-SHA256",
   },
+  hookSecretFile: {
+    flag: "hook-secret-file",
+    kind: "text",
+    arg: "FILE",
+    help: "read the webhook signing secret from FILE (a secret on the command line shows in ps)",
+  },
   hookMaxAttachmentBytes: {
     flag: "hook-max-attachment-bytes",
     kind: "size",
