@@ -363,6 +363,11 @@ Deno.test("every connection and delivery is logged as JSON with a session id", a
   assertEquals(properties.messageId, "<m1@b.test>");
   assertEquals(properties.subject, "logged");
   assertEquals(properties.from, "a@b.test");
+  // The delivery line stands alone: recipients as a list, the client, its HELO, the folders.
+  assertEquals(properties.recipients, ["x@y.test"]);
+  assertEquals(properties.client, "127.0.0.1");
+  assertEquals(properties.helo, "client.test");
+  assertEquals(properties.folders, [server.maildir]);
   const session = properties.session;
   assertMatch(String(session), /^[0-9a-f]{10}$/);
   const sameSession = server.logs.filter((l) =>

@@ -126,11 +126,16 @@ export class AfterCommit {
       (summary) => {
         log.info(
           "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
-            "subject {subject}, from {from}, {attachments} attachments, in {ms} ms",
+            "subject {subject}, from {from}, {attachments} attachments, in {ms} ms; " +
+            "client {client} {helo}, stored in {folders}",
           {
             id: envelope.id,
             sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
-            recipients: envelope.routes.map((route) => formatAddress(route.recipient)).join(","),
+            // A list, not a joined string: JSON logs keep it a list.
+            recipients: envelope.routes.map((route) => formatAddress(route.recipient)),
+            client: envelope.clientAddress,
+            helo: envelope.heloName,
+            folders: result.copies.map((copy) => copy.maildir),
             size: result.size,
             messageId: summary.messageId,
             subject: summary.subject,
