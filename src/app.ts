@@ -127,7 +127,15 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     recipients: recipients && (() => recipients.table),
     subaddressFolders: config.subaddressFolders,
   });
-  const metrics = config.metrics ? new Metrics() : undefined;
+  const metrics = config.metrics
+    ? new Metrics({ version: VERSION, deno: Deno.version.deno })
+    : undefined;
+  if (metrics) {
+    metrics.sources.certificateExpiry = () => {
+      const notAfter = certificates.facts?.notAfter;
+      return notAfter ? Math.floor(notAfter.getTime() / 1000) : undefined;
+    };
+  }
   let hooks: HookQueue | undefined;
   if (config.hooks.length > 0) {
     await checkHooks(config.hooks);
@@ -150,7 +158,12 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       timeout: config.hookTimeout,
       concurrency: config.hookConcurrency,
       log: log("hooks"),
+      onJob: metrics && ((event) => metrics.hookJobs.inc({ result: event })),
     });
+    if (metrics) {
+      const queue = hooks;
+      metrics.sources.hookJobsPending = () => queue.pending;
+    }
     try {
       await hooks.start();
     } catch (error) {
@@ -291,6 +304,12 @@ function metricsObserver(metrics: Metrics): ConnectionObserver {
     },
     tlsHandshake(ok) {
       metrics.tlsHandshakes.inc({ result: ok ? "ok" : "failed" });
+    },
+    earlyTalker() {
+      metrics.earlyTalkers.inc();
+    },
+    timeout(phase) {
+      metrics.timeouts.inc({ phase });
     },
   };
 }

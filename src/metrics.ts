@@ -49,6 +49,24 @@ export class Gauge {
   }
 }
 
+/** A value read when scraped, e.g. from the hook queue or the certificate. */
+export class Sampled {
+  /** Creates the gauge; `read` returns undefined when there is nothing to report. */
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly read: () => number | undefined,
+    readonly labels: Labels = {},
+  ) {}
+  /** The exposition lines. */
+  render(): string {
+    const value = this.read();
+    const k = key(this.labels);
+    return `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} gauge\n` +
+      (value === undefined ? "" : `${this.name}${k ? `{${k}}` : ""} ${value}\n`);
+  }
+}
+
 /** Observations counted into cumulative buckets. */
 export class Histogram {
   readonly #counts: number[];
@@ -108,6 +126,45 @@ export class Metrics {
     "From the end of DATA to the reply: storing and syncing every copy.",
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   );
+  readonly earlyTalkers = new Counter(
+    "letterbox_early_talkers_total",
+    "Clients that talked before the greeting (--greet-delay) and were closed.",
+  );
+  readonly timeouts = new Counter(
+    "letterbox_timeouts_total",
+    "Connections closed with 421 4.4.2 for waiting too long, by phase.",
+  );
+  readonly hookJobs = new Counter(
+    "letterbox_hook_jobs_total",
+    "Hook jobs, by what happened: queued, delivered, retried, failed (gave up).",
+  );
+  readonly hookJobsPending = new Sampled(
+    "letterbox_hook_jobs_pending",
+    "Hook jobs in the spool waiting or running.",
+    () => this.sources.hookJobsPending?.(),
+  );
+  readonly certificateExpiry = new Sampled(
+    "letterbox_tls_certificate_expiry_timestamp_seconds",
+    "When the TLS certificate in force expires (Unix time).",
+    () => this.sources.certificateExpiry?.(),
+  );
+  readonly buildInfo: Sampled;
+  /** Where sampled gauges read from, filled in by the application. */
+  readonly sources: {
+    hookJobsPending?: () => number;
+    certificateExpiry?: () => number | undefined;
+  } = {};
+
+  /** Creates the metrics; `build` labels letterbox_build_info. */
+  constructor(build: { version: string; deno: string } = { version: "", deno: "" }) {
+    this.buildInfo = new Sampled(
+      "letterbox_build_info",
+      "Always 1; the labels name the build.",
+      () => 1,
+      build,
+    );
+  }
+
   readonly recipientsPerMessage = new Histogram(
     "letterbox_recipients_per_message",
     "Accepted recipients of each message that reached the end of DATA.",
@@ -126,6 +183,12 @@ export class Metrics {
       this.receivedBytes,
       this.deliverySeconds,
       this.recipientsPerMessage,
+      this.earlyTalkers,
+      this.timeouts,
+      this.hookJobs,
+      this.hookJobsPending,
+      this.certificateExpiry,
+      this.buildInfo,
     ].map((metric) => metric.render()).join("");
   }
 }

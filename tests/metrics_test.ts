@@ -3,7 +3,7 @@
  * arrives; /healthz answers.
  */
 
-import { startServer, TestClient } from "./_server.ts";
+import { CERTS, startServer, TestClient } from "./_server.ts";
 import { assertEquals, assertMatch } from "./_assert.ts";
 
 function value(text: string, series: string): number {
@@ -60,5 +60,71 @@ Deno.test("the metrics endpoint counts connections, messages by code, bytes and 
     );
   } finally {
     await server.stop();
+  }
+});
+
+Deno.test("metrics count hook jobs, early talkers and timeouts, and show the certificate expiry and the build", async () => {
+  const target = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
+    await r.body?.cancel();
+    return new Response("ok");
+  });
+  const server = await startServer([
+    "--metrics",
+    "127.0.0.1:0",
+    "--hook",
+    `*=http://127.0.0.1:${target.addr.port}/hook`,
+    "--greet-delay",
+    "0.3",
+    "--command-timeout",
+    "0.5",
+  ]);
+  const line = server.logs.find((l) => String(l.message).startsWith("Metrics on"));
+  const url = `http://${(line?.properties as Record<string, unknown>).address}/metrics`;
+  const scrape = async () => await (await fetch(url)).text();
+  try {
+    const text = await scrape();
+    // The test certificate's notAfter, as Unix time.
+    const notAfter = new Date(
+      new (await import("node:crypto")).X509Certificate(await Deno.readTextFile(CERTS.cert))
+        .validTo,
+    ).getTime() / 1000;
+    assertEquals(value(text, "letterbox_tls_certificate_expiry_timestamp_seconds"), notAfter);
+    assertMatch(text, /^letterbox_build_info\{deno="[\d.]+",version="[\d.]+"\} 1$/m);
+
+    // An early talker, an idle client timed out, a delivered hook job.
+    const talker = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    await talker.write(new TextEncoder().encode("EHLO too.early\r\n"));
+    const idle = await TestClient.connect(server.port);
+    await idle.reply();
+    const client = await TestClient.connect(server.port);
+    try {
+      await client.reply();
+      await client.startMessage("a@b.test", ["x@example.com"]);
+      await client.send("Subject: hooked\r\n\r\nx\r\n.\r\n");
+      assertEquals((await client.reply()).code, 250);
+      await client.command("QUIT");
+      assertMatch(await idle.readToClose(3000), /^421 4\.4\.2 /m);
+      let after = await scrape();
+      for (
+        let i = 0;
+        i < 100 && value(after, 'letterbox_hook_jobs_total{result="delivered"}') < 1;
+        i++
+      ) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        after = await scrape();
+      }
+      assertEquals(value(after, 'letterbox_hook_jobs_total{result="queued"}'), 1);
+      assertEquals(value(after, 'letterbox_hook_jobs_total{result="delivered"}'), 1);
+      assertEquals(value(after, "letterbox_hook_jobs_pending"), 0);
+      assertEquals(value(after, "letterbox_early_talkers_total"), 1);
+      assertEquals(value(after, 'letterbox_timeouts_total{phase="command"}'), 1);
+    } finally {
+      talker.close();
+      idle.close();
+      client.close();
+    }
+  } finally {
+    await server.stop();
+    await target.shutdown();
   }
 });

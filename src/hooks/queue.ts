@@ -24,6 +24,8 @@ export interface HookOptions {
   readonly timeout: number;
   readonly concurrency: number;
   readonly log: Logger;
+  /** Told what happens to each job, for metrics. */
+  readonly onJob?: (event: "queued" | "delivered" | "retried" | "failed") => void;
 }
 
 /** One job as stored in `spool/jobs/ID.json`. */
@@ -84,6 +86,11 @@ export class HookQueue {
     this.#stopping.abort();
   }
 
+  /** Jobs waiting or running (those beyond the in-memory bound not counted). */
+  get pending(): number {
+    return this.#due.size + this.#running.size;
+  }
+
   /** Resolves once no job is running any more (after {@link stop}). */
   async settled(): Promise<void> {
     while (this.#running.size > 0) await Promise.allSettled(this.#running.values());
@@ -118,7 +125,10 @@ export class HookQueue {
     }));
     await Promise.all(jobs.map((job) => this.#write(job, true)));
     await syncDirectory(`${this.#options.spool}/jobs`);
-    for (const job of jobs) this.#remember(job.id, job.nextAttemptAt);
+    for (const job of jobs) {
+      this.#remember(job.id, job.nextAttemptAt);
+      this.#options.onJob?.("queued");
+    }
     this.#pump();
     return jobs.length;
   }
@@ -179,6 +189,7 @@ export class HookQueue {
     }
     if (error === undefined) {
       await Deno.remove(this.#path(job.id)).catch(() => {});
+      this.#options.onJob?.("delivered");
       log.info("Hook {hook} done for {queueId} after {attempts} attempts", {
         hook: job.hook.text,
         queueId: job.envelope.queueId,
@@ -191,6 +202,7 @@ export class HookQueue {
     if (now - job.createdAt >= this.#options.retryFor) {
       await this.#write(job, false, "failed");
       await Deno.remove(this.#path(job.id)).catch(() => {});
+      this.#options.onJob?.("failed");
       log.error("Hook {hook} failed for {queueId} for good after {attempts} attempts: {error}", {
         hook: job.hook.text,
         queueId: job.envelope.queueId,
@@ -204,6 +216,7 @@ export class HookQueue {
     job.nextAttemptAt = now + Math.round(base * (0.5 + Math.random()));
     await this.#write(job, false);
     this.#remember(job.id, job.nextAttemptAt);
+    this.#options.onJob?.("retried");
     log.warn(
       "Hook {hook} for {queueId} failed (attempt {attempts}), retrying in {seconds} s: {error}",
       {

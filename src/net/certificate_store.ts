@@ -10,7 +10,14 @@
 import { describeError } from "../log.ts";
 import type { Logger } from "@logtape/logtape";
 import type { SecureContext } from "node:tls";
-import { readKeyPair, secureContext, selfSignedKeyPair } from "./certificates.ts";
+import {
+  type CertificateFacts,
+  certificateFacts,
+  type KeyPair,
+  readKeyPair,
+  secureContext,
+  selfSignedKeyPair,
+} from "./certificates.ts";
 
 /** Where the certificate comes from. */
 export interface CertificateSource {
@@ -32,6 +39,7 @@ export class CertificateStore {
   readonly #source: CertificateSource;
   readonly #log: Logger;
   #context: SecureContext | undefined;
+  #facts: CertificateFacts | undefined;
   #watcher: Deno.FsWatcher | undefined;
   #watching: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -45,10 +53,22 @@ export class CertificateStore {
   static async load(source: CertificateSource, log: Logger): Promise<CertificateStore> {
     const store = new CertificateStore(source, log);
     if (!source.tls) return store;
-    store.#context = source.certFile && source.keyFile
-      ? secureContext(await readKeyPair(source.certFile, source.keyFile))
-      : secureContext(await selfSignedKeyPair(source.hostname));
+    store.#use(
+      source.certFile && source.keyFile
+        ? await readKeyPair(source.certFile, source.keyFile)
+        : await selfSignedKeyPair(source.hostname),
+    );
     return store;
+  }
+
+  #use(pair: KeyPair): void {
+    this.#context = secureContext(pair);
+    this.#facts = certificateFacts(pair);
+  }
+
+  /** The certificate in force: its subject and expiry, or undefined when TLS is off. */
+  get facts(): CertificateFacts | undefined {
+    return this.#facts;
   }
 
   /** The context new connections use, or undefined when TLS is off. */
@@ -66,8 +86,11 @@ export class CertificateStore {
     const { certFile, keyFile } = this.#source;
     if (!certFile || !keyFile) return;
     try {
-      this.#context = secureContext(await readKeyPair(certFile, keyFile));
-      this.#log.info("Reloaded the TLS certificate ({why}): new connections use it", { why });
+      this.#use(await readKeyPair(certFile, keyFile));
+      this.#log.info(
+        "Reloaded the TLS certificate ({why}): new connections use it; {subject}, valid until {notAfter}",
+        { why, subject: this.#facts!.subject, notAfter: this.#facts!.notAfter.toISOString() },
+      );
     } catch (error) {
       this.#log.error("Kept the TLS certificate in force ({why}): {error}", {
         why,

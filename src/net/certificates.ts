@@ -74,6 +74,22 @@ export function checkKeyPair(pair: KeyPair): void {
   }
 }
 
+/** The leaf certificate's subject and expiry, for logs and metrics. */
+export interface CertificateFacts {
+  readonly subject: string;
+  readonly notAfter: Date;
+}
+
+/** Reads the subject and expiry of the first certificate in a PEM chain. */
+export function certificateFacts(pair: KeyPair): CertificateFacts {
+  const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pair.cert)?.[0];
+  const certificate = new X509Certificate(first ?? pair.cert);
+  return {
+    subject: certificate.subject.replaceAll("\n", ", "),
+    notAfter: new Date(certificate.validTo),
+  };
+}
+
 /** Makes a self-signed ECDSA P-256 certificate for `hostname`, valid for a year. */
 export async function selfSignedKeyPair(hostname: string): Promise<KeyPair> {
   x509.cryptoProvider.set(crypto);

@@ -34,6 +34,10 @@ export interface ConnectionObserver {
   commandRejected(code: number): void;
   /** A TLS handshake ended. */
   tlsHandshake(ok: boolean): void;
+  /** A client talked before the greeting and was closed. */
+  earlyTalker(): void;
+  /** A connection was closed with 421 4.4.2 for waiting too long, in commands or in DATA. */
+  timeout(phase: "command" | "data"): void;
 }
 
 /** What every connection of a listener shares. */
@@ -79,6 +83,8 @@ export class Connection {
   #reader: LineReader;
   #session: Session<Route> | undefined;
   #inData = false;
+  // Set while a message is read, left set when that read fails: which timeout it was.
+  #readingMessage = false;
   #shuttingDown = false;
 
   /** Prepares to serve a freshly accepted transport. */
@@ -116,6 +122,7 @@ export class Connection {
     } catch (error) {
       if (error instanceof ReadTimeoutError) {
         this.#log.info("Timeout: closing with 421 4.4.2");
+        this.#options.observer?.timeout(this.#readingMessage ? "data" : "command");
         await this.#replies.send(REPLIES.timeout).catch(() => {});
       } else {
         this.#log.debug("Connection error: {error}", { error: describeError(error) });
@@ -144,6 +151,7 @@ export class Connection {
       if (before === "gone") return;
       if (before === "talked") {
         this.#log.info("Early talker: closing with 554 5.5.1");
+        options.observer?.earlyTalker();
         return await this.#replies.send(REPLIES.earlyTalker);
       }
     }
@@ -255,8 +263,16 @@ export class Connection {
     transport.deadline = Date.now() + this.#options.dataTimeout;
     transport.idleTimeout = LIMITS.dataReadGap;
     transport.bulk = true;
+    this.#readingMessage = true;
     try {
-      return await this.#options.pipeline.receive(this.#reader, envelope, session, this.#log);
+      const reply = await this.#options.pipeline.receive(
+        this.#reader,
+        envelope,
+        session,
+        this.#log,
+      );
+      this.#readingMessage = false;
+      return reply;
     } finally {
       this.#inData = false;
       transport.idleTimeout = Infinity;
