@@ -3,8 +3,8 @@
  * arrives; /healthz answers.
  */
 
-import { CERTS, startServer, TestClient } from "./_server.ts";
-import { assertEquals, assertMatch } from "./_assert.ts";
+import { CERTS, REPO, startServer, TestClient } from "./_server.ts";
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
 
 function value(text: string, series: string): number {
   const line = text.split("\n").find((l) => l.startsWith(series + " "));
@@ -126,5 +126,32 @@ Deno.test("metrics count hook jobs, early talkers and timeouts, and show the cer
   } finally {
     await server.stop();
     await target.shutdown();
+  }
+});
+
+Deno.test("every metric the Grafana dashboard in deploy/ queries exists in a real scrape", async () => {
+  const dashboard = JSON.parse(await Deno.readTextFile(`${REPO}/deploy/grafana-dashboard.json`));
+  const expressions: string[] = dashboard.panels.flatMap((panel: { targets: { expr: string }[] }) =>
+    panel.targets.map((target) => target.expr)
+  );
+  const queried = new Set(
+    expressions.flatMap((expr) => expr.match(/letterbox_[a-z_]+/g) ?? [])
+      .map((name) => name.replace(/_(bucket|sum|count)$/, "")),
+  );
+  const server = await startServer([
+    "--metrics",
+    "127.0.0.1:0",
+    "--hook",
+    "*=http://127.0.0.1:9/never-called",
+  ]);
+  try {
+    const line = server.logs.find((l) => String(l.message).startsWith("Metrics on"));
+    const text = await (await fetch(
+      `http://${(line?.properties as Record<string, unknown>).address}/metrics`,
+    )).text();
+    assert(queried.size >= 10, [...queried].join(" "));
+    for (const name of queried) assertMatch(text, new RegExp(`^# TYPE ${name} `, "m"), name);
+  } finally {
+    await server.stop();
   }
 });
