@@ -4,7 +4,7 @@
  */
 
 import { have, REPO, run } from "./_server.ts";
-import { assertEquals, assertStringIncludes } from "./_assert.ts";
+import { assert, assertEquals, assertStringIncludes } from "./_assert.ts";
 
 Deno.test({
   name: "deploy/letterbox.service passes systemd-analyze verify",
@@ -109,4 +109,35 @@ wait $pid || true
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("the certbot deploy hook reloads Letterbox, and Dovecot when it serves the same certificate", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-certbot-" });
+  try {
+    // Stand-ins on PATH record what the hook runs; the copy goes under dir, not /etc.
+    const bin = `${dir}/bin`;
+    await Deno.mkdir(bin);
+    const record = (name: string, body = "") =>
+      Deno.writeTextFile(
+        `${bin}/${name}`,
+        `#!/bin/sh\necho "${name} $*" >> "${dir}/calls"\n${body}`,
+        { mode: 0o755 },
+      );
+    await record("install");
+    await record("systemctl", 'case "$*" in "is-active --quiet dovecot") exit 0;; esac\n');
+    await record("doveconf", `echo "<${dir}/live/mx.test/fullchain.pem"\n`);
+    const hook = `${REPO}/deploy/certbot-deploy-hook.sh`;
+    const env = { PATH: `${bin}:/usr/bin:/bin`, RENEWED_LINEAGE: `${dir}/live/mx.test` };
+    assertEquals((await run("sh", [hook], { env })).code, 0);
+    const calls = (await Deno.readTextFile(`${dir}/calls`)).trim().split("\n");
+    assert(calls.includes("systemctl reload letterbox"), calls.join("\n"));
+    assert(calls.includes("systemctl reload dovecot"), calls.join("\n"));
+    // A Dovecot with a certificate of its own is left alone.
+    await Deno.remove(`${dir}/calls`);
+    await record("doveconf", "echo '</etc/ssl/other/cert.pem'\n");
+    assertEquals((await run("sh", [hook], { env })).code, 0);
+    assert(!(await Deno.readTextFile(`${dir}/calls`)).includes("reload dovecot"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
