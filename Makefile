@@ -84,9 +84,23 @@ bench: deno deps certs
 	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
 
 # deno compile downloads its runtime (denort) the first time; where that is not
-# reachable, point DENORT_BIN at a denort binary for Deno $(DENO_VERSION).
+# reachable, point DENORT_BIN at a denort binary for Deno $(DENO_VERSION). The
+# result must run Letterbox: a plain deno binary as DENORT_BIN "succeeds" and
+# writes a file that starts a REPL, so the build runs it once and refuses that.
 build: deno
-	"$(DENO)" compile $(V8_FLAGS) $(BUILD_PERMISSIONS) --output dist/letterbox main.ts
+	@mkdir -p dist .tools; rm -f dist/letterbox
+	@if ! "$(DENO)" compile $(V8_FLAGS) $(BUILD_PERMISSIONS) --output dist/letterbox main.ts >.tools/compile.log 2>&1; then \
+		if grep -q -e "error sending request" -e "dns error" -e "tcp connect" .tools/compile.log; then \
+			echo "make build: deno compile could not download its runtime (denort) for Deno $(DENO_VERSION); set DENORT_BIN=/path/to/denort" >&2; \
+		else cat .tools/compile.log >&2; fi; \
+		exit 1; \
+	fi
+	@if ! dist/letterbox --version </dev/null 2>/dev/null | grep -q '^letterbox '; then \
+		rm -f dist/letterbox; \
+		echo "make build: the result does not run Letterbox (is DENORT_BIN a denort binary for Deno $(DENO_VERSION), not deno?); removed it" >&2; \
+		exit 1; \
+	fi
+	@echo "Built dist/letterbox: $$(dist/letterbox --version)"
 
 certs:
 	@sh certs/make-certs.sh >/dev/null
