@@ -35,10 +35,10 @@ CERT_DIR ?= /etc/letterbox
 # VPS gets about that limit by default. Baked into the binary like the permissions.
 V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
-	--allow-env=LETTERBOX_* --allow-sys=hostname
+	--allow-env=LETTERBOX_* --allow-sys=hostname,uid
 BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
 	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
-	--allow-env=LETTERBOX_* --allow-sys=hostname
+	--allow-env=LETTERBOX_* --allow-sys=hostname,uid
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.

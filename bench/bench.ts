@@ -314,7 +314,7 @@ async function startLetterbox(maildir: string, root: string = ROOT): Promise<Sta
     `--allow-read=${maildir},${ROOT}/certs`,
     `--allow-write=${maildir}`,
     "--allow-env=LETTERBOX_*",
-    "--allow-sys=hostname",
+    "--allow-sys=hostname,uid",
     `${root}/main.ts`,
     "--listen",
     "127.0.0.1:0",

@@ -14,7 +14,7 @@ import { checkHooks } from "./hooks/startup.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
-import { probeWritable } from "./maildir/maildir.ts";
+import { fileOwner, probeWritable } from "./maildir/maildir.ts";
 import { maildirRootOf } from "./maildir/template.ts";
 import { Metrics } from "./metrics.ts";
 import { CertificateStore } from "./net/certificate_store.ts";
@@ -176,7 +176,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   const pipeline = new Pipeline(
     router,
     {
-      target: new MaildirTarget(config.hostname),
+      target: new MaildirTarget(config.hostname, await fileOwner(maildirRoot)),
       checks: [],
       maxMessageSize: config.maxMessageSize,
     },

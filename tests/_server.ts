@@ -148,7 +148,7 @@ export function serverPermissions(maildirRoot: string): string[] {
     `--allow-read=${maildirRoot},${ROOT}/certs`,
     `--allow-write=${maildirRoot}`,
     "--allow-env=LETTERBOX_*",
-    "--allow-sys=hostname",
+    "--allow-sys=hostname,uid",
   ];
 }
 

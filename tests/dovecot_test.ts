@@ -238,3 +238,59 @@ Deno.test("bare CR and bare LF in header and body: Dovecot's sizes match the fil
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+const IMAP_COUNT = `
+import imaplib, sys, time
+${IMAP_LOGIN}
+print(int(data[0]))
+for n in range(1, int(data[0]) + 1):
+    typ, fetched = imap.fetch(str(n), "(BODY[HEADER.FIELDS (SUBJECT)])")
+    print(fetched[0][1].decode().strip())
+imap.logout()
+`;
+
+Deno.test({
+  name:
+    "run as root, Letterbox gives its files to the Maildir root's owner, so Dovecot reads every message",
+  // The README's quick start as root: the second message used to be root's, mode 0600.
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "letterbox-dovecot-" });
+    const maildir = `${dir}/Maildir`;
+    await Deno.mkdir(maildir);
+    assertEquals((await run("chown", ["nobody:nogroup", maildir])).code, 0);
+    const server = await startServer(["--maildir", maildir, "--no-tls"], {
+      maildir: dir,
+      useTestCert: false,
+    });
+    let dovecot: Dovecot | undefined;
+    const deliver = async (subject: string) => {
+      const client = await TestClient.connect(server.port);
+      try {
+        await client.reply();
+        await client.startMessage("bob@sender.test", ["test@example.com"]);
+        await client.send(`Subject: ${subject}\r\n\r\nhi\r\n.\r\n`);
+        assertEquals((await client.reply()).code, 250);
+      } finally {
+        client.close();
+      }
+    };
+    try {
+      await deliver("first");
+      dovecot = await startDovecot(dir, maildir);
+      await deliver("second"); // after Dovecot started: no chown in between
+      const nobody = Number((await run("id", ["-u", "nobody"])).stdout.trim());
+      for (const entry of Deno.readDirSync(`${maildir}/new`)) {
+        assertEquals(Deno.statSync(`${maildir}/new/${entry.name}`).uid, nobody, entry.name);
+      }
+      const imap = await run("python3", ["-c", IMAP_COUNT, String(dovecot.port)]);
+      const log = await Deno.readTextFile(`${dir}/dovecot.log`).catch(() => "");
+      assertEquals(imap.stderr, "", log);
+      assertEquals(imap.stdout.trim().split("\n"), ["2", "Subject: first", "Subject: second"]);
+    } finally {
+      await dovecot?.stop();
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

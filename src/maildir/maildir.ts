@@ -35,15 +35,53 @@ export function uniqueName(hostname: string, pid: number, now: number = Date.now
 }
 
 /**
+ * Who the files and folders Letterbox makes under a Maildir root belong to,
+ * when that is not the user it runs as: see {@link fileOwner}.
+ */
+export interface FileOwner {
+  readonly root: string;
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/**
+ * Run as root (a quick start, a container), Letterbox gives what it writes
+ * to the owner of the Maildir root, so that an IMAP server running as that
+ * user (Dovecot refuses to serve mail as root) can read every message. Deno
+ * cannot drop privileges; as any other user, files are that user's.
+ * Undefined when nothing needs handing over.
+ */
+export async function fileOwner(root: string): Promise<FileOwner | undefined> {
+  let uid: number | null;
+  try {
+    uid = Deno.uid();
+  } catch {
+    return undefined; // not permitted to ask: files stay ours
+  }
+  if (uid !== 0) return undefined;
+  const info = await Deno.stat(root);
+  if (info.uid === null || info.gid === null || info.uid === 0) return undefined;
+  return { root: root.replace(/\/+$/, ""), uid: info.uid, gid: info.gid };
+}
+
+/**
  * Creates `dir` with `tmp/`, `new/` and `cur/` if they are missing (mode 0700);
  * a Maildir++ folder also gets its empty `maildirfolder` file, by which
- * Dovecot and Courier know it is a folder.
+ * Dovecot and Courier know it is a folder. With an `owner`, everything made
+ * below its root is handed to it.
  */
-export async function ensureMaildir(dir: string, folder = false): Promise<void> {
+export async function ensureMaildir(dir: string, folder = false, owner?: FileOwner): Promise<void> {
   for (const sub of ["tmp", "new", "cur"]) {
     await Deno.mkdir(`${dir}/${sub}`, { recursive: true, mode: DIRECTORY_MODE });
   }
   if (folder) await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
+  if (!owner || !dir.startsWith(`${owner.root}/`)) return;
+  const below = dir.slice(owner.root.length + 1).split("/");
+  const paths = below.map((_, i) => `${owner.root}/${below.slice(0, i + 1).join("/")}`);
+  for (const sub of ["tmp", "new", "cur", ...(folder ? ["maildirfolder"] : [])]) {
+    paths.push(`${dir}/${sub}`);
+  }
+  for (const path of paths) await Deno.chown(path, owner.uid, owner.gid);
 }
 
 /** A file being written into `tmp/`; {@link commit} moves it into `new/`. */
@@ -67,8 +105,16 @@ export class MaildirFile {
     this.#file = file;
   }
 
-  /** Creates a new file in `dir/tmp/`, making the Maildir first if needed. */
-  static async create(dir: string, hostname: string, folder = false): Promise<MaildirFile> {
+  /**
+   * Creates a new file in `dir/tmp/`, making the Maildir first if needed;
+   * with an `owner` (see {@link fileOwner}), the file and what was made are its.
+   */
+  static async create(
+    dir: string,
+    hostname: string,
+    folder = false,
+    owner?: FileOwner,
+  ): Promise<MaildirFile> {
     const base = uniqueName(hostname, Deno.pid);
     const path = `${dir}/tmp/${base}`;
     const options = { write: true, createNew: true, mode: FILE_MODE };
@@ -79,9 +125,10 @@ export class MaildirFile {
       // Made on first use (and again if someone removed it), not checked
       // with three mkdir calls per message.
       if (!(error instanceof Deno.errors.NotFound)) throw error;
-      await ensureMaildir(dir, folder);
+      await ensureMaildir(dir, folder, owner);
       file = await Deno.open(path, options);
     }
+    if (owner) await Deno.chown(path, owner.uid, owner.gid);
     return new MaildirFile(dir, base, file);
   }
 

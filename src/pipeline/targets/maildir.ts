@@ -9,7 +9,12 @@
 
 import type { Address } from "../../protocol/address.ts";
 import { REPLIES } from "../../protocol/replies.ts";
-import { ensureMaildir, MaildirFile, syncDirectoryShared } from "../../maildir/maildir.ts";
+import {
+  ensureMaildir,
+  type FileOwner,
+  MaildirFile,
+  syncDirectoryShared,
+} from "../../maildir/maildir.ts";
 import type { Envelope } from "../envelope.ts";
 import { ReplyError, storageFailure } from "../failure.ts";
 import { traceHeaders } from "../trace.ts";
@@ -32,10 +37,15 @@ interface Copy {
 /** Stores messages into the Maildirs their routes name. */
 export class MaildirTarget implements Target {
   readonly #hostname: string;
+  readonly #owner: FileOwner | undefined;
 
-  /** Creates a target that names itself `hostname` in trace headers and file names. */
-  constructor(hostname: string) {
+  /**
+   * Creates a target that names itself `hostname` in trace headers and file
+   * names; with an `owner`, what it writes is handed to that user.
+   */
+  constructor(hostname: string, owner?: FileOwner) {
     this.#hostname = hostname;
+    this.#owner = owner;
   }
 
   /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
@@ -64,10 +74,15 @@ export class MaildirTarget implements Target {
     if (copies.length === 0) {
       throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
     }
-    const transaction = new MaildirTransaction(copies);
+    const transaction = new MaildirTransaction(copies, this.#owner);
     try {
       await settleAll(copies.map(async (copy) => {
-        copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder);
+        copy.file = await MaildirFile.create(
+          copy.maildir,
+          this.#hostname,
+          copy.folder,
+          this.#owner,
+        );
         await copy.file.write(
           encoder.encode(traceHeaders(envelope, this.#hostname, copy.mailboxes, copy.recipients)),
         );
@@ -89,10 +104,12 @@ function junkMaildir(copy: Copy): string {
 
 class MaildirTransaction implements TargetTransaction {
   readonly #copies: Copy[];
+  readonly #owner: FileOwner | undefined;
   #done = false;
 
-  constructor(copies: Copy[]) {
+  constructor(copies: Copy[], owner: FileOwner | undefined) {
     this.#copies = copies;
+    this.#owner = owner;
   }
 
   async write(content: Uint8Array, lines?: number): Promise<void> {
@@ -115,7 +132,7 @@ class MaildirTransaction implements TargetTransaction {
       // With Promise.all, a copy failing early could let another rename into
       // new/ after the clean-up.
       await settleAll(this.#copies.map(async (copy, i) => {
-        if (into[i] !== copy.maildir) await ensureMaildir(into[i], true);
+        if (into[i] !== copy.maildir) await ensureMaildir(into[i], true, this.#owner);
         const path = await copy.file!.commit(insert, into[i]);
         stored[i] = { maildir: into[i], path, recipients: copy.recipients };
       }));
