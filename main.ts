@@ -6,6 +6,7 @@
  */
 
 import { startLetterbox } from "./src/app.ts";
+import { hooksCommand } from "./src/hooks/spool_command.ts";
 import { ConfigError, HELP, parseConfig } from "./src/config/config.ts";
 import { configureLogging, describeError, logger } from "./src/log.ts";
 import { VERSION } from "./src/version.ts";
@@ -34,10 +35,15 @@ function letterboxEnvNames(): string[] {
 }
 
 async function main(): Promise<void> {
+  // letterbox hooks list|retry ID [options]: the spool of the server these options describe.
+  const hooksCommandArgs = Deno.args[0] === "hooks"
+    ? Deno.args.slice(1, Deno.args[1] === "retry" ? 3 : 2)
+    : undefined;
+  const args = hooksCommandArgs ? Deno.args.slice(1 + hooksCommandArgs.length) : Deno.args;
   let invocation;
   try {
     invocation = parseConfig(
-      Deno.args,
+      args,
       (name) => Deno.env.get(name),
       () => Deno.hostname(),
       letterboxEnvNames(),
@@ -52,6 +58,14 @@ async function main(): Promise<void> {
     );
   }
   const config = invocation.config;
+  if (hooksCommandArgs) {
+    const code = await hooksCommand(
+      config.hookSpool,
+      hooksCommandArgs,
+      (line) => Deno.stdout.writeSync(encoder.encode(`${line}\n`)),
+    );
+    Deno.exit(code);
+  }
   await configureLogging(config.logLevel, config.logFormat);
   let app;
   try {

@@ -247,7 +247,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     listeningTls: bound.slice(config.listen.length),
     metricsAddress: endpoint?.address,
     async reload() {
-      await Promise.all([recipients?.reload(), certificates.reload("SIGHUP")]);
+      await Promise.all([recipients?.reload(), certificates.reload("SIGHUP"), hooks?.rescan()]);
     },
     shutdown(graceMs = config.shutdownGrace) {
       stopped ??= (async () => {

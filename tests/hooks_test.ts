@@ -4,8 +4,16 @@
  */
 
 import { hmacHex } from "../src/hooks/queue.ts";
-import { newFiles, spawnServer, startServer, TestClient } from "./_server.ts";
-import { assert, assertEquals, assertLess } from "./_assert.ts";
+import {
+  newFiles,
+  REPO,
+  run,
+  serverPermissions,
+  spawnServer,
+  startServer,
+  TestClient,
+} from "./_server.ts";
+import { assert, assertEquals, assertLess, assertMatch } from "./_assert.ts";
 
 const ATTACHMENT = Uint8Array.from({ length: 2560 }, (_, i) => i % 256);
 
@@ -263,5 +271,61 @@ Deno.test("--hook-secret-file signs webhooks like --hook-secret; unsigned webhoo
     await unsigned.stop();
     await target.server.shutdown();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("letterbox hooks list shows a job that gave up, and hooks retry plus a reload sends it again", async () => {
+  let answer = 503;
+  const target = hookServer(() => answer);
+  const root = await Deno.makeTempDir({ prefix: "letterbox-test-" });
+  const args = [
+    "--maildir",
+    root,
+    "--hook",
+    `*=${target.url}`,
+    "--hook-retry-delay",
+    "0.1",
+    "--hook-retry-for",
+    "1s",
+  ];
+  const cli = (command: string[]) =>
+    run(Deno.execPath(), [
+      "run",
+      ...serverPermissions(root),
+      `${REPO}/main.ts`,
+      "hooks",
+      ...command,
+      ...args,
+    ]);
+  const server = await spawnServer(args, { maildir: root });
+  try {
+    await send(server.port, "alice@example.com", "Subject: replay me\r\n\r\nx\r\n");
+    await until(() => server.logs.some((l) => String(l.message).includes("for good")));
+    const listed = await cli(["list"]);
+    assertEquals(listed.code, 0, listed.stderr);
+    const [line] = listed.stdout.trim().split("\n");
+    assertMatch(
+      line,
+      /^\S+\tfailed\t\*=http:\/\/127\.0\.0\.1:\d+\/hook\tmessage \w+\t\d+ attempts, gave up: HTTP 503$/,
+    );
+    const id = line.split("\t")[0];
+    assertEquals((await cli(["retry", "no-such-job"])).code, 1);
+    answer = 200;
+    const retried = await cli(["retry", id]);
+    assertEquals(retried.code, 0, retried.stderr);
+    const calls = target.requests.length;
+    server.process.kill("SIGHUP");
+    await until(() => target.requests.length > calls);
+    await until(() =>
+      server.logs.some((l) =>
+        String(l.message).startsWith("Hook") && String(l.message).includes("done")
+      )
+    );
+    assertEquals(target.requests.at(-1)!.headers.get("x-letterbox-id"), id);
+    assertEquals((await cli(["list"])).stdout, `No hook jobs in ${root}/letterbox-hooks\n`);
+  } finally {
+    await server.stop();
+    await target.server.shutdown();
+    await Deno.remove(root, { recursive: true });
   }
 });

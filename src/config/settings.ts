@@ -314,6 +314,8 @@ export function helpText(): string {
     "Letterbox: an inbound SMTP receiver that delivers to Maildir.",
     "",
     "Usage: letterbox [options]",
+    "       letterbox hooks list [options]        hook jobs waiting and given up, in the spool",
+    "       letterbox hooks retry ID [options]    queue a job again (then reload the server)",
     "",
   ];
   for (const setting of Object.values(SETTINGS) as Setting[]) {

@@ -86,6 +86,18 @@ export class HookQueue {
     this.#stopping.abort();
   }
 
+  /** Looks in the spool again for jobs put there from outside (`letterbox hooks retry`). */
+  async rescan(): Promise<void> {
+    const found = await this.#scan();
+    if (found > 0) {
+      this.#options.log.info("Found {count} more hook jobs in {spool}", {
+        count: found,
+        spool: this.#options.spool,
+      });
+      this.#pump();
+    }
+  }
+
   /** Jobs waiting or running (those beyond the in-memory bound not counted). */
   get pending(): number {
     return this.#due.size + this.#running.size;
