@@ -9,6 +9,7 @@
 
 import type { Logger } from "@logtape/logtape";
 import { type Config, ConfigError, type ListenAddress } from "./config/config.ts";
+import { grantAdvice } from "./config/grant.ts";
 import { HookQueue } from "./hooks/queue.ts";
 import { checkHooks } from "./hooks/startup.ts";
 import { LIMITS } from "./limits.ts";
@@ -98,9 +99,8 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   } catch (error) {
     throw new ConfigError(
       `Cannot write to the Maildir root ${JSON.stringify(maildirRoot)}: ${
-        error instanceof Deno.errors.NotCapable
-          ? `Letterbox may not write there (make build MAIL_ROOT=${maildirRoot}, or --allow-write)`
-          : `${describeError(error)}; Letterbox writes as the user it runs as (the mail user in ` +
+        grantAdvice(error, "write", maildirRoot) ??
+          `${describeError(error)}; Letterbox writes as the user it runs as (the mail user in ` +
             "deploy/letterbox.service): give that user the folder"
       }`,
     );

@@ -207,3 +207,20 @@ Deno.test("an exec hook naming a missing or non-executable program stops the sta
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a recipients file or certificate the permissions do not cover says how to grant it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-grant-" });
+  try {
+    await Deno.writeTextFile(`${dir}/recipients`, "alice@example.com\n");
+    const recipients = await letterbox(["--no-tls", "--recipients", `${dir}/recipients`]);
+    assertEquals(recipients.code, 2);
+    assertEquals(
+      recipients.stderr,
+      `letterbox: Cannot use --recipients "${dir}/recipients": Letterbox may not read ` +
+        `${dir}/recipients; grant it with make run PERMISSIONS=--allow-read=${dir}/recipients, ` +
+        `or build with make build CERT_DIR=${dir}\n`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

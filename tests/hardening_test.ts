@@ -251,7 +251,8 @@ Deno.test("the server process cannot write outside the folders its permissions n
     assertEquals(
       result.stderr,
       `letterbox: Cannot write to the Maildir root "${outside}/Maildir": Letterbox may not write ` +
-        `there (make build MAIL_ROOT=${outside}/Maildir, or --allow-write)\n`,
+        `to ${outside}/Maildir; grant it with make run PERMISSIONS=--allow-write=${outside}/Maildir, ` +
+        `or build with make build MAIL_ROOT=${outside}/Maildir\n`,
     );
     assertEquals([...Deno.readDirSync(outside)], []);
   } finally {

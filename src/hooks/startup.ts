@@ -8,6 +8,7 @@
  */
 
 import { ConfigError } from "../config/config.ts";
+import { grantSentence } from "../config/grant.ts";
 import type { Hook } from "./hook.ts";
 
 /** Throws {@link ConfigError} for the first hook that could not run. */
@@ -27,16 +28,14 @@ async function hookProblem(hook: Hook): Promise<string | undefined> {
     const host = `${url.hostname}:${url.port || (url.protocol === "https:" ? 443 : 80)}`;
     const net = await Deno.permissions.query({ name: "net", host });
     if (net.state !== "granted") {
-      return `Letterbox may not connect to ${host}; grant it with make run ` +
-        `PERMISSIONS=--allow-net=${host}, or build with make build HOOK_HOSTS=${host}`;
+      return grantSentence("net", host);
     }
     return undefined;
   }
   const command = target.command;
   const run = await Deno.permissions.query({ name: "run", command });
   if (run.state !== "granted") {
-    return `Letterbox may not run ${command}; grant it with make run ` +
-      `PERMISSIONS=--allow-run=${command}, or build with make build HOOK_COMMANDS=${command}`;
+    return grantSentence("run", command);
   }
   // The program must exist and be executable (make build lets the binary read
   // HOOK_COMMANDS for this); where it may not look, running it will tell.

@@ -12,6 +12,7 @@ import * as x509 from "@peculiar/x509";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import { ConfigError } from "../config/config.ts";
+import { grantAdvice } from "../config/grant.ts";
 
 /** A certificate chain and its key, PEM-encoded. */
 export interface KeyPair {
@@ -31,7 +32,9 @@ export async function readKeyPair(certFile: string, keyFile: string): Promise<Ke
       return await Deno.readTextFile(file);
     } catch (error) {
       throw new ConfigError(
-        `Cannot read ${flag} ${JSON.stringify(file)}: ${describeError(error)}`,
+        `Cannot read ${flag} ${JSON.stringify(file)}: ${
+          grantAdvice(error, "read", file) ?? describeError(error)
+        }`,
       );
     }
   };

@@ -9,6 +9,7 @@
 import { describeError } from "../log.ts";
 import type { Logger } from "@logtape/logtape";
 import { ConfigError } from "../config/config.ts";
+import { grantAdvice } from "../config/grant.ts";
 import { parseRecipients, type RecipientTable } from "./recipients.ts";
 
 /** Owns one recipients file and its current table. */
@@ -29,7 +30,9 @@ export class RecipientsFile {
       return new RecipientsFile(path, parseRecipients(await Deno.readTextFile(path)), log);
     } catch (error) {
       throw new ConfigError(
-        `Cannot use --recipients ${JSON.stringify(path)}: ${describeError(error)}`,
+        `Cannot use --recipients ${JSON.stringify(path)}: ${
+          grantAdvice(error, "read", path) ?? describeError(error)
+        }`,
       );
     }
   }

@@ -1,0 +1,37 @@
+/**
+ * How to grant a permission Letterbox was started without, in the words the
+ * operator needs: `make run PERMISSIONS=...` for the development server, the
+ * `make build` variable for the binary. One sentence, for start-up errors.
+ *
+ * @module
+ */
+
+/** The `make build` variable that bakes each kind of permission into the binary. */
+const BUILD_VARIABLE = {
+  read: "CERT_DIR",
+  write: "MAIL_ROOT",
+  run: "HOOK_COMMANDS",
+  net: "HOOK_HOSTS",
+} as const;
+
+/** What Deno calls a permission that is missing; `undefined` for any other error. */
+export function grantAdvice(
+  error: unknown,
+  kind: keyof typeof BUILD_VARIABLE,
+  value: string,
+): string | undefined {
+  if (!(error instanceof Deno.errors.NotCapable)) return undefined;
+  return grantSentence(kind, value);
+}
+
+/** "Letterbox may not read X; grant it with ..." for a permission known to be missing. */
+export function grantSentence(kind: keyof typeof BUILD_VARIABLE, value: string): string {
+  const verb = { read: "read", write: "write to", run: "run", net: "connect to" }[kind];
+  return `Letterbox may not ${verb} ${value}; grant it with make run PERMISSIONS=--allow-${kind}=${value}, ` +
+    `or build with make build ${BUILD_VARIABLE[kind]}=${kind === "read" ? dirname(value) : value}`;
+}
+
+function dirname(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash > 0 ? path.slice(0, slash) : path;
+}
