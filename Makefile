@@ -14,8 +14,11 @@ export NODE_EXTRA_CA_CERTS ?= $(SYSTEM_CA_BUNDLE)
 endif
 
 # The permissions baked into dist/letterbox: listening on LISTEN_HOSTS, the
-# Maildir root and the certificate folder, the LETTERBOX_* variables and the
-# host name, nothing else.
+# Maildir root and the certificate folder, the environment and the host name
+# and user id, nothing else. The whole environment, not LETTERBOX_* alone:
+# Deno lists variable names only with access to all of them, and Letterbox
+# lists them to refuse a misspelt LETTERBOX_ variable, which would otherwise
+# do nothing at all; only LETTERBOX_ values are ever read.
 # Override for your layout, e.g. make build MAIL_ROOT=/srv/mail.
 MAIL_ROOT ?= /var/vmail
 # The addresses the binary may listen on; it makes no outgoing connections
@@ -35,10 +38,10 @@ CERT_DIR ?= /etc/letterbox
 # VPS gets about that limit by default. Baked into the binary like the permissions.
 V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
-	--allow-env=LETTERBOX_* --allow-sys=hostname,uid
+	--allow-env --allow-sys=hostname,uid
 BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
 	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
-	--allow-env=LETTERBOX_* --allow-sys=hostname,uid
+	--allow-env --allow-sys=hostname,uid
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.

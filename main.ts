@@ -23,8 +23,8 @@ function fail(error: unknown): never {
 
 /**
  * The names of the LETTERBOX_ variables set, so that a misspelt one is refused.
- * Deno lists names only with access to every variable; the binary and make
- * run may read LETTERBOX_* alone, and then the check is skipped (see README).
+ * Deno lists names only with access to every variable (make run and the
+ * binary have it for this); without it the check is skipped.
  */
 function letterboxEnvNames(): string[] {
   try {

@@ -313,7 +313,7 @@ async function startLetterbox(maildir: string, root: string = ROOT): Promise<Sta
     "--allow-net=127.0.0.1",
     `--allow-read=${maildir},${ROOT}/certs`,
     `--allow-write=${maildir}`,
-    "--allow-env=LETTERBOX_*",
+    "--allow-env",
     "--allow-sys=hostname,uid",
     `${root}/main.ts`,
     "--listen",

@@ -147,7 +147,7 @@ export function serverPermissions(maildirRoot: string): string[] {
     "--allow-net=127.0.0.1,[::1]",
     `--allow-read=${maildirRoot},${ROOT}/certs`,
     `--allow-write=${maildirRoot}`,
-    "--allow-env=LETTERBOX_*",
+    "--allow-env",
     "--allow-sys=hostname,uid",
   ];
 }

@@ -4,7 +4,7 @@
  */
 
 import { CERTS, run, spawnServer, TestClient, waitForLog } from "./_server.ts";
-import { assertEquals, assertNotEquals } from "./_assert.ts";
+import { assertEquals, assertMatch, assertNotEquals } from "./_assert.ts";
 
 /** The SHA-256 fingerprint of the certificate a new STARTTLS connection is shown. */
 async function servedFingerprint(port: number): Promise<string> {
@@ -99,6 +99,12 @@ Deno.test("a replaced certificate is used by the next connection while existing 
     await Deno.rename(`${root}/new/key.pem`, `${root}/tls/key.pem`);
     await Deno.rename(`${root}/new/cert.pem`, `${root}/tls/cert.pem`);
     await waitForLog(server.logs, "Reloaded the TLS certificate", mark);
+    // Each reload names the certificate now in force: its subject and expiry.
+    const reloaded = server.logs.slice(mark).find((l) =>
+      String(l.message).startsWith("Reloaded the TLS certificate")
+    )!.properties as Record<string, string>;
+    assertMatch(reloaded.subject, /CN=/);
+    assertMatch(reloaded.notAfter, /^\d{4}-\d\d-\d\dT/);
     const after = await servedFingerprint(server.port);
     assertNotEquals(after, before);
     assertEquals(after, await fileFingerprint(await Deno.readTextFile(`${root}/tls/cert.pem`)));
