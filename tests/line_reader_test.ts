@@ -1,5 +1,5 @@
 import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
-import { DataDecoder, LineReader } from "../src/protocol/line_reader.ts";
+import { ChunkDecoder, DataDecoder, LineReader } from "../src/protocol/line_reader.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const encoder = new TextEncoder();
@@ -214,4 +214,36 @@ Deno.test("a header line holding only a bare CR stays a non-empty line however t
     const { content } = await readAllData(new LineReader(source(...chunked(text, size))));
     assertEquals(content, expected, `chunk size ${size}`);
   }
+});
+
+Deno.test("readExact() reads a chunk's octets exactly, pipelined commands left for the next read", async () => {
+  const reader = new LineReader(source("BDAT 5\r\nab", "c\r\nBDAT 0 LAST\r\n"));
+  assertEquals((await reader.readLine(512)).kind, "line");
+  const parts: string[] = [];
+  assertEquals(await reader.readExact(5, (part) => void parts.push(decoder.decode(part))), "done");
+  assertEquals(parts.join(""), "abc\r\n");
+  const next = await reader.readLine(512);
+  assertEquals(next.kind === "line" && decoder.decode(next.line), "BDAT 0 LAST");
+  assertEquals(await new LineReader(source("ab")).readExact(5, () => {}), "eof");
+});
+
+Deno.test("ChunkDecoder: text chunks get DATA's line rules without dots; BINARYMIME stays byte-exact", () => {
+  const text = new ChunkDecoder(false);
+  const out: string[] = [];
+  let lines = 0;
+  for (const piece of ["..no dot-stuffing\r", "\n.\r\nx\r\r", "\ny\r"]) {
+    const decoded = text.decode(new TextEncoder().encode(piece));
+    out.push(decoder.decode(decoded.output));
+    lines += decoded.lines;
+  }
+  out.push(decoder.decode(text.flush().output));
+  assertEquals(out.join(""), "..no dot-stuffing\n.\nx \ny\r");
+  assertEquals(lines, 3);
+  const binary = new ChunkDecoder(true);
+  const bytes = new Uint8Array([0x61, 0x0d, 0x0a, 0x00, 0x0a, 0xff, 0x0d]);
+  const first = binary.decode(bytes.subarray(0, 7));
+  assertEquals([...first.output], [...bytes]);
+  // One LF without a CR before it; the CRLF counts once in the file already.
+  assertEquals(first.lines, 1);
+  assertEquals(binary.decode(new Uint8Array([0x0a])).lines, 0, "a CR ended the previous piece");
 });

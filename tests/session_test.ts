@@ -32,7 +32,7 @@ Deno.test("EHLO advertises every extension, STARTTLS only while plain", () => {
   assertEquals(
     wire(s.handle("EHLO client.test")),
     "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n" +
-      "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n",
+      "250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 STARTTLS\r\n",
   );
   s.tlsStarted();
   assert(!wire(s.handle("EHLO client.test")).includes("STARTTLS"));
@@ -121,7 +121,7 @@ Deno.test("each reply to a bad command is the one RFC 5321 names", () => {
   );
   assertEquals(talk(s, "VRFY alice", "HELP", "NOOP", "QUIT"), [
     "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
-    "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+    "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
     "250 2.0.0 Ok",
     "221 2.0.0 Bye",
   ]);
@@ -220,4 +220,33 @@ Deno.test("each DATA outcome maps to its reply", () => {
     "452 4.3.1 Error: insufficient system storage, try again later\r\n",
     "451 4.3.0 Error: local error in processing, try again later\r\n",
   ]);
+});
+
+Deno.test("BDAT follows RFC 3030: chunks after MAIL and RCPT, refusals keep their size, DATA cannot follow", () => {
+  const s = session();
+  // Before MAIL: refused, but the connection must still read (and drop) the 5 octets.
+  talk(s, "EHLO c");
+  const early = s.handle("BDAT 5");
+  assertEquals(early.kind, "chunk");
+  assert(early.kind === "chunk" && !early.transaction && early.size === 5);
+  assertEquals(wire(early), "503 5.5.1 Error: need MAIL command\r\n");
+  assertEquals(talk(s, "BDAT five", "BDAT 1 NOW"), [
+    "501 5.5.4 Syntax: BDAT size [LAST]",
+    "501 5.5.4 Syntax: BDAT size [LAST]",
+  ]);
+  talk(s, "MAIL FROM:<a@b.test>", "RCPT TO:<x@y.test>");
+  const first = s.handle("BDAT 10");
+  assert(first.kind === "chunk" && first.transaction?.chunked && !first.last);
+  assertEquals(formatReply(s.chunkReceived(10)), "250 2.0.0 10 octets received\r\n");
+  assertEquals(talk(s, "DATA"), ["503 5.5.1 Error: DATA cannot follow BDAT"]);
+  const last = s.handle("bdat 0 last");
+  assert(last.kind === "chunk" && last.last && last.size === 0);
+  assertEquals(
+    formatReply(s.finishData({ kind: "queued", id: "Q" })),
+    "250 2.0.0 Ok: queued as Q\r\n",
+  );
+  // BODY=BINARYMIME needs BDAT.
+  talk(s, "MAIL FROM:<a@b.test> BODY=BINARYMIME", "RCPT TO:<x@y.test>");
+  assertEquals(talk(s, "DATA"), ["503 5.5.1 Error: BODY=BINARYMIME requires BDAT"]);
+  assertEquals(s.handle("BDAT 3 LAST").kind, "chunk");
 });

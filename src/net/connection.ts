@@ -14,9 +14,15 @@ import type { Pipeline } from "../pipeline/pipeline.ts";
 import type { Route } from "../pipeline/route.ts";
 import { LIMITS } from "../limits.ts";
 import { describeError } from "../log.ts";
-import { LineReader } from "../protocol/line_reader.ts";
+import { ChunkDecoder, LineReader } from "../protocol/line_reader.ts";
+import type { OpenMessage } from "../pipeline/message.ts";
 import { formatReply, greeting, REPLIES, type Reply } from "../protocol/replies.ts";
-import { Session, type SessionOptions, type Transaction } from "../protocol/session.ts";
+import {
+  type Action,
+  Session,
+  type SessionOptions,
+  type Transaction,
+} from "../protocol/session.ts";
 import { ReplyWriter } from "./reply_writer.ts";
 import { ReadTimeoutError, type Transport } from "./transport.ts";
 
@@ -73,6 +79,16 @@ export function newSessionId(): string {
     .join("");
 }
 
+/** A message arriving in BDAT chunks, between its first chunk and its last. */
+interface ChunkedMessage {
+  readonly transaction: Transaction<Route>;
+  readonly envelope: Envelope;
+  readonly message: OpenMessage;
+  readonly decoder: ChunkDecoder;
+  wireBytes: number;
+  tooBig: boolean;
+}
+
 /** One client connection from accept to close. */
 export class Connection {
   readonly id: string = newSessionId();
@@ -82,6 +98,7 @@ export class Connection {
   readonly #replies: ReplyWriter;
   #reader: LineReader;
   #session: Session<Route> | undefined;
+  #chunked: ChunkedMessage | undefined;
   #inData = false;
   // Set while a message is read, left set when that read fails: which timeout it was.
   #readingMessage = false;
@@ -128,6 +145,9 @@ export class Connection {
         this.#log.debug("Connection error: {error}", { error: describeError(error) });
       }
     } finally {
+      // A chunked message the client never finished: nothing of it stays.
+      await this.#chunked?.message.abort();
+      this.#chunked = undefined;
       transport.close();
       this.#log.info("Disconnected {peer} after {ms} ms, tls={tls}", {
         peer: transport.remoteAddress,
@@ -177,6 +197,16 @@ export class Connection {
           command: read.kind === "line" ? commandForLog(read.line) : "(line too long)",
           reply: formatReply(action.reply).trimEnd(),
         });
+      }
+      // RSET, EHLO, MAIL, STARTTLS: a chunked message of an ended transaction is dropped.
+      if (this.#chunked && session.transaction !== this.#chunked.transaction) {
+        await this.#chunked.message.abort();
+        this.#chunked = undefined;
+      }
+      if (action.kind === "chunk") {
+        if (!await this.#chunk(action)) return;
+        if (this.#reader.buffered === 0 || this.#shuttingDown) await this.#replies.flush();
+        continue;
       }
       this.#replies.queue(action.reply);
       switch (action.kind) {
@@ -245,11 +275,82 @@ export class Connection {
     });
   }
 
-  // Reads one message through the pipeline; the reply, or undefined when the client went away.
-  async #receive(transaction: Transaction<Route>): Promise<Reply | undefined> {
+  // Reads one BDAT chunk (RFC 3030) and queues its reply; false when the client went away.
+  async #chunk(action: Extract<Action<Route>, { kind: "chunk" }>): Promise<boolean> {
     const session = this.#session!;
     const transport = this.#transport;
-    const envelope: Envelope = {
+    transport.deadline = Date.now() + this.#options.dataTimeout;
+    transport.idleTimeout = LIMITS.dataReadGap;
+    transport.bulk = true;
+    // From here to the chunk's reply, a shutdown waits, as it does in DATA.
+    this.#inData = true;
+    try {
+      const transaction = action.transaction;
+      if (!transaction) {
+        // Refused, but its octets are read and dropped to stay in step with the client.
+        if (await this.#reader.readExact(action.size, () => {}) === "eof") return false;
+        this.#replies.queue(action.reply);
+        return true;
+      }
+      let open = this.#chunked;
+      if (!open) {
+        const envelope = this.#envelope(transaction, "BDAT");
+        open = this.#chunked = {
+          transaction,
+          envelope,
+          message: await this.#options.pipeline.open(envelope),
+          decoder: new ChunkDecoder(transaction.body === "BINARYMIME"),
+          wireBytes: 0,
+          tooBig: false,
+        };
+      }
+      const chunked = open;
+      const max = this.#options.session.maxMessageSize;
+      const read = await this.#reader.readExact(action.size, async (part) => {
+        chunked.wireBytes += part.length;
+        // Past the limit the rest is read and dropped; 552 comes after the last chunk.
+        if (chunked.wireBytes > max) chunked.tooBig = true;
+        if (chunked.tooBig) return;
+        const { output, lines } = chunked.decoder.decode(part);
+        if (output.length > 0) await chunked.message.write(output, lines);
+      });
+      if (read === "eof") {
+        this.#log.info("Lost connection in BDAT, message {id} discarded", {
+          id: chunked.envelope.id,
+        });
+        return false;
+      }
+      if (!action.last) {
+        this.#replies.queue(session.chunkReceived(action.size));
+        return true;
+      }
+      const tail = chunked.decoder.flush();
+      if (tail.output.length > 0 && !chunked.tooBig) {
+        await chunked.message.write(tail.output, tail.lines);
+      }
+      this.#chunked = undefined;
+      this.#replies.queue(
+        await this.#options.pipeline.finish(
+          chunked.message,
+          chunked.envelope,
+          session,
+          this.#log,
+          chunked.wireBytes,
+          chunked.tooBig,
+        ),
+      );
+      return true;
+    } finally {
+      this.#inData = false;
+      transport.idleTimeout = Infinity;
+      transport.bulk = false;
+    }
+  }
+
+  #envelope(transaction: Transaction<Route>, transfer: "DATA" | "BDAT"): Envelope {
+    const session = this.#session!;
+    const transport = this.#transport;
+    return {
       id: newQueueId(),
       sender: transaction.sender,
       routes: [...transaction.routes],
@@ -259,7 +360,15 @@ export class Connection {
       tls: transport.tls,
       smtpUtf8: transaction.smtpUtf8,
       receivedAt: new Date(),
+      transfer,
     };
+  }
+
+  // Reads one message through the pipeline; the reply, or undefined when the client went away.
+  async #receive(transaction: Transaction<Route>): Promise<Reply | undefined> {
+    const session = this.#session!;
+    const transport = this.#transport;
+    const envelope: Envelope = this.#envelope(transaction, "DATA");
     transport.deadline = Date.now() + this.#options.dataTimeout;
     transport.idleTimeout = LIMITS.dataReadGap;
     transport.bulk = true;

@@ -127,7 +127,7 @@ export class AfterCommit {
         log.info(
           "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
             "subject {subject}, from {from}, {attachments} attachments, in {ms} ms; " +
-            "client {client} {helo}, stored in {folders}",
+            "client {client} {helo}, by {transfer}, stored in {folders}",
           {
             id: envelope.id,
             sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
@@ -135,6 +135,7 @@ export class AfterCommit {
             recipients: envelope.routes.map((route) => formatAddress(route.recipient)),
             client: envelope.clientAddress,
             helo: envelope.heloName,
+            transfer: envelope.transfer ?? "DATA",
             folders: result.copies.map((copy) => copy.maildir),
             size: result.size,
             messageId: summary.messageId,

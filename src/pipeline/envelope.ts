@@ -34,8 +34,10 @@ export interface Envelope {
   readonly tls?: TlsInfo;
   /** True when MAIL carried SMTPUTF8. */
   readonly smtpUtf8: boolean;
-  /** When the DATA phase began. */
+  /** When the DATA phase (or the first BDAT chunk) began. */
   readonly receivedAt: Date;
+  /** How the content came: one DATA section, or BDAT chunks (RFC 3030). */
+  readonly transfer?: "DATA" | "BDAT";
 }
 
 let queueCounter = 0;

@@ -41,117 +41,182 @@ export interface MessageStages {
 export type MessageResult =
   /** The client went away before the end of data; nothing was stored. */
   | { readonly kind: "gone" }
-  | {
-    readonly kind: "ended";
-    /** What the session turns into the reply. */
-    readonly outcome: DataOutcome;
-    /** The stored copies; empty unless the outcome is `queued`. */
-    readonly copies: readonly StoredCopy[];
-    /** Why the message was not stored, for the log; undefined when it was. */
-    readonly failure?: string;
-    /** True when storing failed (our fault), rather than a check or the size limit refusing. */
-    readonly storageFailed: boolean;
-    /** Decoded octets (LF line ends). */
-    readonly size: number;
-    /** Octets on the wire, end marker excluded. */
-    readonly wireBytes: number;
-    /** The start of the message, for the log summary. */
-    readonly prefix: MessagePrefix;
-    /** performance.now() at the end of data: what follows is storing and checking. */
-    readonly endOfData: number;
-  };
+  | EndedMessage;
 
-/** Reads and stores one message; never throws for a storage or check failure. */
+/** A message that was read to its end, stored or not. */
+export interface EndedMessage {
+  readonly kind: "ended";
+  /** What the session turns into the reply. */
+  readonly outcome: DataOutcome;
+  /** The stored copies; empty unless the outcome is `queued`. */
+  readonly copies: readonly StoredCopy[];
+  /** Why the message was not stored, for the log; undefined when it was. */
+  readonly failure?: string;
+  /** True when storing failed (our fault), rather than a check or the size limit refusing. */
+  readonly storageFailed: boolean;
+  /** Decoded octets (LF line ends). */
+  readonly size: number;
+  /** Octets on the wire, end marker excluded. */
+  readonly wireBytes: number;
+  /** The start of the message, for the log summary. */
+  readonly prefix: MessagePrefix;
+  /** performance.now() at the end of data: what follows is storing and checking. */
+  readonly endOfData: number;
+}
+
+/**
+ * One message on its way in: the target's transaction and the checks, fed
+ * chunk by chunk, then finished (checks decide, the target commits) or
+ * aborted. DATA feeds it from one DATA section; BDAT from several chunks, with
+ * commands and replies in between.
+ */
+export class OpenMessage {
+  readonly #envelope: Envelope;
+  readonly #transaction: TargetTransaction | undefined;
+  readonly #runs: readonly { check: string; run: CheckRun }[];
+  readonly #watchers: readonly CheckRun[];
+  readonly #prefix = new MessagePrefix();
+  #failure: unknown;
+  #size = 0;
+  #closed = false;
+
+  private constructor(
+    envelope: Envelope,
+    transaction: TargetTransaction | undefined,
+    failure: unknown,
+    stages: MessageStages,
+  ) {
+    this.#envelope = envelope;
+    this.#transaction = transaction;
+    this.#failure = failure;
+    this.#runs = stages.checks.map((check) => ({ check: check.name, run: check.begin(envelope) }));
+    this.#watchers = this.#runs.map(({ run }) => run).filter((run) => run.write !== undefined);
+  }
+
+  /** Begins a message: the target opens its transaction, each check starts. Never throws. */
+  static async open(envelope: Envelope, stages: MessageStages): Promise<OpenMessage> {
+    let transaction: TargetTransaction | undefined;
+    let failure: unknown;
+    try {
+      transaction = await stages.target.begin(envelope);
+    } catch (error) {
+      failure = error;
+    }
+    return new OpenMessage(envelope, transaction, failure, stages);
+  }
+
+  /**
+   * Adds decoded content holding `lines` LFs. A failed write ends storing, not
+   * reading: the client still gets its reply after the end of the message.
+   */
+  async write(content: Uint8Array, lines: number): Promise<void> {
+    this.#prefix.add(content);
+    this.#size += content.length;
+    for (const run of this.#watchers) run.write!(content);
+    if (this.#transaction && this.#failure === undefined) {
+      await this.#transaction.write(content, lines).catch((error) => this.#failure = error);
+    }
+  }
+
+  /** Drops the message: nothing is stored. Never throws. */
+  async abort(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#transaction?.abort();
+  }
+
+  /**
+   * Ends the message: `wireBytes` were received, `tooBig` when they passed
+   * the limit (content past it was not written). Checks decide, then the
+   * target commits or aborts. Never throws for a storage or check failure.
+   */
+  async finish(wireBytes: number, tooBig: boolean): Promise<EndedMessage> {
+    this.#closed = true;
+    const endOfData = performance.now();
+    const transaction = this.#transaction;
+    const ended = (
+      outcome: DataOutcome,
+      copies: readonly StoredCopy[] = [],
+      why?: string,
+      storageFailed = false,
+    ): EndedMessage => ({
+      kind: "ended",
+      outcome,
+      copies,
+      failure: why,
+      storageFailed,
+      size: this.#size,
+      wireBytes,
+      prefix: this.#prefix,
+      endOfData,
+    });
+    if (tooBig) {
+      await transaction?.abort();
+      return ended({ kind: "too-big" }, [], "message too big");
+    }
+    const failure = this.#failure;
+    if (failure !== undefined || !transaction) {
+      await transaction?.abort();
+      return ended({ kind: "refused", reply: replyFor(failure) }, [], describeError(failure), true);
+    }
+    // Without checks (the default) nothing is awaited here: one trip fewer per message.
+    const verdicts = this.#runs.length === 0
+      ? []
+      : await Promise.all(this.#runs.map(async ({ check, run }) => ({
+        check,
+        verdict: await run.verdict().catch((error): Verdict => ({
+          action: "refuse",
+          reply: replyFor(error),
+          reason: describeError(error),
+        })),
+      })));
+    const decision = decide(verdicts);
+    if (decision.kind === "refuse") {
+      await transaction.abort();
+      return ended(
+        { kind: "refused", reply: decision.reply },
+        [],
+        `${decision.check}: ${decision.reason}`,
+      );
+    }
+    try {
+      const copies = await transaction.commit(decision.disposition);
+      // Targets promise at least one copy; a 250 for none would lose the message.
+      if (copies.length === 0) {
+        return ended(
+          { kind: "refused", reply: replyFor(undefined) },
+          [],
+          "no copy was stored",
+          true,
+        );
+      }
+      return ended({ kind: "queued", id: this.#envelope.id }, copies);
+    } catch (error) {
+      return ended({ kind: "refused", reply: replyFor(error) }, [], describeError(error), true);
+    }
+  }
+}
+
+/** Reads one DATA section and stores it; never throws for a storage or check failure. */
 export async function receiveMessage(
   source: DataSource,
   envelope: Envelope,
   stages: MessageStages,
 ): Promise<MessageResult> {
-  let transaction: TargetTransaction | undefined;
-  let failure: unknown;
-  try {
-    transaction = await stages.target.begin(envelope);
-  } catch (error) {
-    failure = error;
-  }
-  const runs: { check: string; run: CheckRun }[] = stages.checks.map((check) => ({
-    check: check.name,
-    run: check.begin(envelope),
-  }));
-  const watchers = runs.filter(({ run }) => run.write !== undefined);
-  const prefix = new MessagePrefix();
-  let size = 0;
+  const message = await OpenMessage.open(envelope, stages);
   let result: DataResult;
   try {
-    result = await source.readData(async (content, lines) => {
-      prefix.add(content);
-      size += content.length;
-      for (const { run } of watchers) run.write!(content);
-      if (transaction && failure === undefined) {
-        // A failed write ends storing, not reading: the client still gets
-        // its reply after the end of data.
-        await transaction.write(content, lines).catch((error) => failure = error);
-      }
-    }, stages.maxMessageSize);
+    result = await source.readData(
+      (content, lines) => message.write(content, lines),
+      stages.maxMessageSize,
+    );
   } catch (error) {
-    await transaction?.abort();
+    await message.abort();
     throw error;
   }
-  const endOfData = performance.now();
   if (result.kind === "eof") {
-    await transaction?.abort();
+    await message.abort();
     return { kind: "gone" };
   }
-  const ended = (
-    outcome: DataOutcome,
-    copies: readonly StoredCopy[] = [],
-    why?: string,
-    storageFailed = false,
-  ) => ({
-    kind: "ended" as const,
-    outcome,
-    copies,
-    failure: why,
-    storageFailed,
-    size,
-    wireBytes: result.wireBytes,
-    prefix,
-    endOfData,
-  });
-  if (result.tooBig) {
-    await transaction?.abort();
-    return ended({ kind: "too-big" }, [], "message too big");
-  }
-  if (failure !== undefined || !transaction) {
-    await transaction?.abort();
-    return ended({ kind: "refused", reply: replyFor(failure) }, [], describeError(failure), true);
-  }
-  // Without checks (the default) nothing is awaited here: one trip fewer per message.
-  const verdicts = runs.length === 0 ? [] : await Promise.all(runs.map(async ({ check, run }) => ({
-    check,
-    verdict: await run.verdict().catch((error): Verdict => ({
-      action: "refuse",
-      reply: replyFor(error),
-      reason: describeError(error),
-    })),
-  })));
-  const decision = decide(verdicts);
-  if (decision.kind === "refuse") {
-    await transaction.abort();
-    return ended(
-      { kind: "refused", reply: decision.reply },
-      [],
-      `${decision.check}: ${decision.reason}`,
-    );
-  }
-  try {
-    const copies = await transaction.commit(decision.disposition);
-    // Targets promise at least one copy; a 250 for none would lose the message.
-    if (copies.length === 0) {
-      return ended({ kind: "refused", reply: replyFor(undefined) }, [], "no copy was stored", true);
-    }
-    return ended({ kind: "queued", id: envelope.id }, copies);
-  } catch (error) {
-    return ended({ kind: "refused", reply: replyFor(error) }, [], describeError(error), true);
-  }
+  return await message.finish(result.wireBytes, result.tooBig);
 }

@@ -14,7 +14,13 @@ import type { Reply } from "../protocol/replies.ts";
 import type { Session } from "../protocol/session.ts";
 import type { AfterCommit } from "./after_commit.ts";
 import type { Envelope } from "./envelope.ts";
-import { type DataSource, type MessageStages, receiveMessage } from "./message.ts";
+import {
+  type DataSource,
+  type EndedMessage,
+  type MessageStages,
+  OpenMessage,
+  receiveMessage,
+} from "./message.ts";
 import type { Route, Router } from "./route.ts";
 
 /** Every stage, wired once for the whole server. */
@@ -51,6 +57,33 @@ export class Pipeline {
       log.info("Lost connection in DATA, message {id} discarded", { id: envelope.id });
       return undefined;
     }
+    return await this.#complete(result, envelope, session, log);
+  }
+
+  /** BDAT: begins a message whose chunks come one command at a time. */
+  open(envelope: Envelope): Promise<OpenMessage> {
+    return OpenMessage.open(envelope, this.#stages);
+  }
+
+  /** BDAT LAST: ends a message begun with {@link open} and returns the reply. */
+  async finish(
+    message: OpenMessage,
+    envelope: Envelope,
+    session: Session<Route>,
+    log: Logger,
+    wireBytes: number,
+    tooBig: boolean,
+  ): Promise<Reply> {
+    return await this.#complete(await message.finish(wireBytes, tooBig), envelope, session, log);
+  }
+
+  // After the end of a message, however it came: hook jobs, the reply, metrics and the log line.
+  async #complete(
+    result: EndedMessage,
+    envelope: Envelope,
+    session: Session<Route>,
+    log: Logger,
+  ): Promise<Reply> {
     if (result.outcome.kind === "queued") {
       const jobs = this.#afterCommit.committed(envelope, result.copies, log);
       if (jobs) await jobs;

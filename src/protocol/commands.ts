@@ -27,14 +27,32 @@ export type ParseFailure =
   /** One parameter given twice with different values: `parameter` names it. */
   | "conflicting-parameter";
 
+/** The body types MAIL's `BODY=` may declare. */
+export type BodyType = "7BIT" | "8BITMIME" | "BINARYMIME";
+
+/** The size and kind of one BDAT chunk (RFC 3030 2). */
+export interface BdatArgument {
+  /** Octets that follow the command line, exactly. */
+  readonly size: number;
+  /** True for the message's last chunk. */
+  readonly last: boolean;
+}
+
+/** Parses `BDAT <size> [LAST]`; undefined when the argument is not of that form. */
+export function parseBdatArgument(argument: string): BdatArgument | undefined {
+  const match = /^(\d{1,15})(?: +(LAST))?$/i.exec(argument);
+  if (!match) return undefined;
+  return { size: Number(match[1]), last: match[2] !== undefined };
+}
+
 /** A parsed `MAIL FROM:` argument. */
 export interface MailArgument {
   /** The reverse-path; `null` is the null sender `<>`. */
   readonly sender: Address | null;
   /** The declared size from `SIZE=` (RFC 1870), if any. */
   readonly size?: number;
-  /** The declared body type from `BODY=` (RFC 6152), if any. */
-  readonly body?: "7BIT" | "8BITMIME";
+  /** The declared body type from `BODY=` (RFC 6152; BINARYMIME from RFC 3030), if any. */
+  readonly body?: BodyType;
   /** True when the client asked for SMTPUTF8 (RFC 6531). */
   readonly smtpUtf8: boolean;
 }
@@ -119,14 +137,16 @@ export function parseMailArgument(argument: string): Parsed<MailArgument> {
   const parameters = parseParameters(split.parameters);
   if (!parameters.ok) return parameters;
   let size: number | undefined;
-  let body: "7BIT" | "8BITMIME" | undefined;
+  let body: BodyType | undefined;
   let smtpUtf8 = false;
   for (const [key, value] of parameters.value) {
     if (key === "SIZE" && typeof value === "string" && /^\d{1,20}$/.test(value)) {
       size = Number(value);
     } else if (key === "BODY" && typeof value === "string") {
       const upper = value.toUpperCase();
-      if (upper !== "7BIT" && upper !== "8BITMIME") return { ok: false, failure: "syntax" };
+      if (upper !== "7BIT" && upper !== "8BITMIME" && upper !== "BINARYMIME") {
+        return { ok: false, failure: "syntax" };
+      }
       body = upper;
     } else if (key === "SMTPUTF8" && value === true) {
       smtpUtf8 = true;

@@ -72,6 +72,27 @@ const enum DataState {
  */
 export class DataDecoder {
   #state = DataState.LineStart;
+  readonly #dotStuffed: boolean;
+
+  /**
+   * Creates a decoder for a DATA section, or with `dotStuffed` false for BDAT
+   * chunks (RFC 3030): the same line-end rules, but no dot handling and no end
+   * marker; the message ends where its last chunk does ({@link flush}).
+   */
+  constructor(dotStuffed = true) {
+    this.#dotStuffed = dotStuffed;
+  }
+
+  /** Ends a chunked message: the CRs still held back are content. */
+  flush(): Uint8Array {
+    const held = this.#state === DataState.HeldCrCr
+      ? Uint8Array.of(CR, CR)
+      : this.#state === DataState.HeldCr
+      ? Uint8Array.of(CR)
+      : EMPTY;
+    this.#state = DataState.LineStart;
+    return held;
+  }
 
   /**
    * Decodes one chunk in place: the output overwrites the chunk from its
@@ -128,7 +149,7 @@ export class DataDecoder {
           break;
         }
         case DataState.LineStart:
-          if (chunk[i] === DOT) {
+          if (chunk[i] === DOT && this.#dotStuffed) {
             written = move(chunk, start, i, out, written);
             start = i + 1;
             state = DataState.HeldDot;
@@ -274,6 +295,31 @@ export class LineReader {
   }
 
   /**
+   * Reads exactly `size` octets (a BDAT chunk), handing them to `sink` as they
+   * come (each view valid only until the sink's promise settles). Nothing in
+   * them is a command or a line: whatever follows is read next.
+   */
+  async readExact(
+    size: number,
+    sink: (content: Uint8Array) => Promise<void> | void,
+  ): Promise<"done" | "eof"> {
+    let left = size;
+    while (left > 0) {
+      if (this.#pending.length === 0) {
+        const chunk = await this.#source.read();
+        if (chunk === null) return "eof";
+        this.#pending = chunk;
+      }
+      const take = Math.min(left, this.#pending.length);
+      const part = this.#pending.subarray(0, take);
+      this.#pending = this.#pending.subarray(take);
+      left -= take;
+      await sink(part);
+    }
+    return "done";
+  }
+
+  /**
    * Reads a DATA section up to `<CRLF>.<CRLF>`, handing decoded content to
    * `sink` chunk by chunk (each view is valid only until the sink's promise
    * settles). Past `maxBytes` on the wire the rest is read and dropped, so the
@@ -321,4 +367,40 @@ function concat(parts: Uint8Array[], length: number): Uint8Array {
     offset += part.length;
   }
   return result;
+}
+
+/**
+ * Turns BDAT chunks into message content (RFC 3030). A text body gets the
+ * line-end rules of DATA without dot handling (CRLF stored as LF, see
+ * {@link DataDecoder}); a BINARYMIME body is kept byte for byte, and `lines`
+ * then counts the LFs without a CR before them, which is what a Maildir
+ * name's `W=` adds to the size (Dovecot's virtual size).
+ */
+export class ChunkDecoder {
+  readonly #text: DataDecoder | undefined;
+  #previousWasCr = false;
+
+  /** Creates a decoder for a text body, or for a BINARYMIME one byte for byte. */
+  constructor(binary: boolean) {
+    this.#text = binary ? undefined : new DataDecoder(false);
+  }
+
+  /** Decodes one piece of a chunk (in place for a text body). */
+  decode(chunk: Uint8Array): { output: Uint8Array; lines: number } {
+    if (this.#text) {
+      const { output, lines } = this.#text.decode(chunk);
+      return { output, lines };
+    }
+    let lines = 0;
+    for (let at = chunk.indexOf(LF); at !== -1; at = chunk.indexOf(LF, at + 1)) {
+      if (at === 0 ? !this.#previousWasCr : chunk[at - 1] !== CR) lines++;
+    }
+    if (chunk.length > 0) this.#previousWasCr = chunk[chunk.length - 1] === CR;
+    return { output: chunk, lines };
+  }
+
+  /** Ends the message: what a text decoder still held back. */
+  flush(): { output: Uint8Array; lines: number } {
+    return { output: this.#text?.flush() ?? EMPTY, lines: 0 };
+  }
 }

@@ -38,7 +38,7 @@ export const REPLIES = {
   help: reply(
     214,
     "2.0.0",
-    "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+    "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
   ),
   unknownCommand: reply(500, "5.5.2", "Error: command not recognized"),
   lineTooLong: reply(500, "5.5.6", "Error: line too long"),
@@ -57,6 +57,9 @@ export const REPLIES = {
   badSequenceNestedMail: reply(503, "5.5.1", "Error: nested MAIL command"),
   badSequenceNeedMail: reply(503, "5.5.1", "Error: need MAIL command"),
   badSequenceNeedRcpt: reply(503, "5.5.1", "Error: need RCPT command"),
+  dataAfterBdat: reply(503, "5.5.1", "Error: DATA cannot follow BDAT"),
+  binaryMimeNeedsBdat: reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT"),
+  bdatSyntax: reply(501, "5.5.4", "Syntax: BDAT size [LAST]"),
   alreadyTls: reply(503, "5.5.1", "Error: TLS already active"),
   tlsNotAvailable: reply(454, "4.7.0", "TLS not available"),
   tlsRequired: reply(530, "5.7.0", "Must issue a STARTTLS command first"),
@@ -104,6 +107,11 @@ export function ehloReply(hostname: string, extensions: readonly string[]): Repl
 /** The reply after a message is stored: the queue id lets operators find it in the logs. */
 export function queuedReply(id: string): Reply {
   return reply(250, "2.0.0", `Ok: queued as ${id}`);
+}
+
+/** The reply to a BDAT chunk that is not the last (RFC 3030 2). */
+export function chunkReply(size: number): Reply {
+  return reply(250, "2.0.0", `${size} octets received`);
 }
 
 /** The reply to a MAIL or RCPT parameter given twice with different values. */

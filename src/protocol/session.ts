@@ -9,7 +9,9 @@
 
 import { type Address, formatAddress } from "./address.ts";
 import {
+  type BodyType,
   hasControlCharacters,
+  parseBdatArgument,
   parseCommandLine,
   type ParseFailure,
   parseHeloArgument,
@@ -17,6 +19,7 @@ import {
   parseRcptArgument,
 } from "./commands.ts";
 import {
+  chunkReply,
   conflictingParameterReply,
   ehloReply,
   heloReply,
@@ -64,7 +67,9 @@ export interface Transaction<R extends RoutedRecipient = RoutedRecipient> {
   /** True when MAIL carried SMTPUTF8. */
   readonly smtpUtf8: boolean;
   /** The BODY= value from MAIL, if any. */
-  readonly body?: "7BIT" | "8BITMIME";
+  readonly body?: BodyType;
+  /** True once a BDAT chunk was accepted: the message comes in chunks (RFC 3030), not DATA. */
+  chunked: boolean;
 }
 
 /** What the client has told us about itself, for trace headers. */
@@ -84,7 +89,20 @@ export type Action<R extends RoutedRecipient = RoutedRecipient> =
   /** Send the reply, drop buffered input, do the TLS handshake, then call {@link Session.tlsStarted}. */
   | { readonly kind: "start-tls"; readonly reply: Reply }
   /** Send the 354 reply, read the message, then call {@link Session.finishData}. */
-  | { readonly kind: "data"; readonly reply: Reply; readonly transaction: Transaction<R> };
+  | { readonly kind: "data"; readonly reply: Reply; readonly transaction: Transaction<R> }
+  /**
+   * Read exactly `size` octets (RFC 3030 2). With a `transaction`, they are the
+   * message's next chunk: reply with {@link Session.chunkReceived}, or after the
+   * last with {@link Session.finishData}. Without one, they are read and dropped
+   * to stay in step with the client, then `reply` (the refusal) is sent.
+   */
+  | {
+    readonly kind: "chunk";
+    readonly size: number;
+    readonly last: boolean;
+    readonly transaction?: Transaction<R>;
+    readonly reply: Reply;
+  };
 
 /** How a DATA section ended, as the pipeline reports it to the session. */
 export type DataOutcome =
@@ -160,6 +178,8 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
   /** Handles one decoded command line. */
   handle(line: string): Action<R> {
     const { verb, argument } = parseCommandLine(line);
+    // Before the gate: a refused BDAT must still have its octets read.
+    if (verb === "BDAT") return this.#bdat(argument);
     const gate = GATES.get(verb);
     if (gate) {
       if (gate.needsGreeting && !this.#greeting) return this.#fail(REPLIES.badSequenceHelo);
@@ -233,6 +253,8 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
       "8BITMIME",
       "SMTPUTF8",
       "ENHANCEDSTATUSCODES",
+      "CHUNKING",
+      "BINARYMIME",
     ];
     if (this.#options.tlsAvailable && !this.#secure) extensions.push("STARTTLS");
     return this.#ok(ehloReply(hostname, extensions));
@@ -249,7 +271,7 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
     if (size !== undefined && size > this.#options.maxMessageSize) {
       return this.#fail(REPLIES.messageSizeExceedsLimit);
     }
-    this.#transaction = { sender, routes: [], smtpUtf8, body };
+    this.#transaction = { sender, routes: [], smtpUtf8, body, chunked: false };
     return this.#ok(REPLIES.senderOk);
   }
 
@@ -284,7 +306,38 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
     const transaction = this.#transaction;
     if (!transaction) return this.#fail(REPLIES.badSequenceNeedMail);
     if (transaction.routes.length === 0) return this.#fail(REPLIES.badSequenceNeedRcpt);
+    // RFC 3030 2 and 3: DATA cannot follow BDAT, nor carry a BINARYMIME body.
+    if (transaction.chunked) return this.#fail(REPLIES.dataAfterBdat);
+    if (transaction.body === "BINARYMIME") return this.#fail(REPLIES.binaryMimeNeedsBdat);
     return { kind: "data", reply: REPLIES.startData, transaction };
+  }
+
+  // in a transaction with recipients -> one more chunk of the message (RFC 3030).
+  #bdat(argument: string): Action<R> {
+    const chunk = parseBdatArgument(argument);
+    // Without a size the octets cannot be found: answered at once, as any syntax error.
+    if (!chunk) return this.#fail(REPLIES.bdatSyntax);
+    const refuse = (reply: Reply): Action<R> => {
+      const failed = this.#fail(reply);
+      return failed.kind === "close" ? failed : { kind: "chunk", ...chunk, reply };
+    };
+    if (!this.#greeting) return refuse(REPLIES.badSequenceHelo);
+    if (this.#options.requireTls && !this.#secure) return refuse(REPLIES.tlsRequired);
+    const transaction = this.#transaction;
+    if (!transaction) return refuse(REPLIES.badSequenceNeedMail);
+    if (transaction.routes.length === 0) return refuse(REPLIES.badSequenceNeedRcpt);
+    transaction.chunked = true;
+    return { kind: "chunk", ...chunk, transaction, reply: chunkReply(chunk.size) };
+  }
+
+  /** The reply to a chunk that is not the last: its octets arrived. */
+  chunkReceived(size: number): Reply {
+    return chunkReply(size);
+  }
+
+  /** The transaction in progress, if any (a chunked message's owner checks it is still the same). */
+  get transaction(): Transaction<R> | undefined {
+    return this.#transaction;
   }
 
   // any state, plain connection -> TLS handshake, then a fresh session.
