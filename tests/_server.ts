@@ -346,13 +346,18 @@ export class TestClient {
   }
 
   /**
-   * Runs EHLO (unless `ehlo` is false), MAIL, one RCPT per recipient and DATA,
+   * Runs EHLO (unless `ehlo` is false), MAIL, one RCPT per recipient and DATA (unless `dataCommand` is false),
    * failing the test unless each is accepted; the next thing to send is the message.
    */
   async startMessage(
     from: string,
     recipients: string[],
-    { ehlo = true, mailParameters = "" }: { ehlo?: boolean; mailParameters?: string } = {},
+    { ehlo = true, mailParameters = "", dataCommand = true }: {
+      ehlo?: boolean;
+      mailParameters?: string;
+      /** False to stop after RCPT (for BDAT). */
+      dataCommand?: boolean;
+    } = {},
   ): Promise<void> {
     const expect = async (line: string, code: number) => {
       const reply = await this.command(line);
@@ -361,7 +366,7 @@ export class TestClient {
     if (ehlo) await expect("EHLO client.test", 250);
     await expect(`MAIL FROM:<${from}>${mailParameters ? ` ${mailParameters}` : ""}`, 250);
     for (const recipient of recipients) await expect(`RCPT TO:<${recipient}>`, 250);
-    await expect("DATA", 354);
+    if (dataCommand) await expect("DATA", 354);
   }
 
   /** Resolves with everything until the server closes (or the timeout). */
