@@ -314,6 +314,11 @@ export class Connection {
         const { output, lines } = chunked.decoder.decode(part);
         if (output.length > 0) await chunked.message.write(output, lines);
       });
+      this.#log.debug("BDAT chunk of {size} octets{last} for {id}", {
+        size: action.size,
+        last: action.last ? " (LAST)" : "",
+        id: chunked.envelope.id,
+      });
       if (read === "eof") {
         this.#log.info("Lost connection in BDAT, message {id} discarded", {
           id: chunked.envelope.id,
