@@ -123,6 +123,29 @@ const GENERATORS: Record<string, Generator> = {
   },
   "duplicated commands": (r) =>
     plain(script(r).flatMap((c) => r() < 0.5 ? [c, c, c] : [c]).join("\r\n") + "\r\n"),
+  // BDAT (RFC 3030): sizes that match, lie or overrun, chunks before MAIL, LAST or not, BINARYMIME.
+  "BDAT chunks": (r) => {
+    const parts = [
+      "EHLO x\r\n",
+      r() < 0.8 ? `MAIL FROM:<a@b.test>${r() < 0.3 ? " BODY=BINARYMIME" : ""}\r\n` : "",
+      r() < 0.8 ? "RCPT TO:<x@example.com>\r\n" : "",
+    ].map((text): Uint8Array => encoder.encode(text));
+    for (let i = Math.floor(r() * 6); i >= 0; i--) {
+      const content = randomBytes(r, Math.floor(r() * 300));
+      const declared = r() < 0.7 ? content.length : Math.floor(r() * 400);
+      const last = r() < 0.3 || i === 0 ? " LAST" : "";
+      const verb = pick(r, [
+        `BDAT ${declared}${last}`,
+        `BDAT ${declared}`,
+        "BDAT",
+        "BDAT -1",
+        `BDAT ${declared} last extra`,
+      ]);
+      parts.push(encoder.encode(`${verb}\r\n`), content);
+      if (r() < 0.2) parts.push(encoder.encode(pick(r, ["DATA\r\n", "RSET\r\n", "NOOP\r\n"])));
+    }
+    return plain(concat(parts));
+  },
   "data without an end": (r) =>
     plain(
       `EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n${

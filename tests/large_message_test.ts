@@ -71,3 +71,48 @@ Deno.test("a 200 MB message streams to disk with flat memory and arrives whole",
     await server.stop();
   }
 });
+
+Deno.test("a 50 MB message in 1 MB BDAT chunks streams to disk with flat memory and arrives whole", async () => {
+  const server = await spawnServer(["--max-message-size", "100M", "--no-tls"], {
+    useTestCert: false,
+  });
+  const client = await TestClient.connect(server.port);
+  try {
+    await client.reply();
+    await client.startMessage("a@b.test", ["x@y.test"], { dataCommand: false });
+    await client.send("BDAT 20 LAST\r\nSubject: warm-up\r\n\r\n");
+    assertEquals((await client.reply()).code, 250);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const idle = memoryOf(server.process.pid, "VmRSS");
+    await client.command("MAIL FROM:<a@b.test>");
+    await client.command("RCPT TO:<x@y.test>");
+    const line = new TextEncoder().encode("z".repeat(1022) + "\r\n");
+    const chunk = new Uint8Array(1024 * 1024);
+    for (let i = 0; i < 1024; i++) chunk.set(line, i * line.length);
+    await client.send("BDAT 20\r\nSubject: chunked\r\n\r\n");
+    assertEquals((await client.reply()).code, 250);
+    for (let i = 0; i < 50; i++) {
+      await client.send(`BDAT ${chunk.length}${i === 49 ? " LAST" : ""}\r\n`);
+      await client.send(chunk);
+      const reply = await client.reply(60_000);
+      if (i < 49) assertEquals(reply.text, `250 2.0.0 ${chunk.length} octets received\r\n`);
+      else assertMatch(reply.text, /^250 2\.0\.0 Ok: queued as /);
+    }
+    const growth = memoryOf(server.process.pid, "VmHWM") - idle;
+    // deno-lint-ignore no-console
+    console.log(`50 MB by BDAT: peak RSS grew ${(growth / 2 ** 20).toFixed(1)} MiB`);
+    assert(growth <= MAX_GROWTH, `peak RSS grew by ${growth} bytes`);
+    const names = await newFiles(server.maildir);
+    const sizes = names.map((name) => Deno.statSync(`${server.maildir}/new/${name}`).size);
+    const stored = Deno.readFileSync(
+      `${server.maildir}/new/${names[sizes.indexOf(Math.max(...sizes))]}`,
+    );
+    const text = new TextDecoder().decode(stored.subarray(0, 2048));
+    const bodyStart = text.indexOf("Subject: chunked\n\n") + "Subject: chunked\n\n".length;
+    // CRLF stored as LF: 1023 octets a line, 1024 lines a chunk, 50 chunks.
+    assertEquals(stored.length - bodyStart, 50 * 1024 * 1023);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
