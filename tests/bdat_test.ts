@@ -4,6 +4,7 @@
  * injection attempts with BDAT in the mix.
  */
 
+import { SMUGGLING_SEQUENCES } from "./_smuggling.ts";
 import { newFiles, readMessages, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
@@ -232,6 +233,29 @@ Deno.test("bytes sent after STARTTLS are dropped with BDAT too, and BDAT works i
     assertEquals(messages.length, 1);
     assert(!messages[0].includes("evil"));
     assertStringIncludes(messages[0], "with ESMTPS");
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("every smuggling sequence inside a BDAT chunk is content: one message, holding the forged text", async () => {
+  const server = await startServer();
+  const client = await greeted(server.port);
+  try {
+    await client.command("EHLO client.test");
+    for (const marker of SMUGGLING_SEQUENCES) {
+      await client.command("MAIL FROM:<a@b.test>");
+      await client.command("RCPT TO:<x@y.test>");
+      const chunk =
+        `Subject: s\r\n\r\nhi${marker}MAIL FROM:<forged@x>\r\nRCPT TO:<y@z>\r\nDATA\r\n`;
+      await client.send(`BDAT ${new TextEncoder().encode(chunk).length} LAST\r\n${chunk}`);
+      assertMatch((await client.reply()).text, /queued as/, JSON.stringify(marker));
+    }
+    assertEquals((await client.command("NOOP")).code, 250, "no forged command ran");
+    const messages = await readMessages(server.maildir);
+    assertEquals(messages.length, SMUGGLING_SEQUENCES.length);
+    assert(messages.every((m) => m.includes("MAIL FROM:<forged@x>")));
   } finally {
     client.close();
     await server.stop();
