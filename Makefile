@@ -45,13 +45,13 @@ BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.
-DEBIAN_PACKAGES = dovecot-imapd dovecot-submissiond swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
-PEERS = /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
+DEBIAN_PACKAGES = dovecot-imapd dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
+PEERS = /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
 
 .PHONY: run test bench build certs deno deps clean
 
 deps:
-	@missing=0; for tool in $(PEERS); do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	@missing=0; for tool in $(PEERS); do [ -e "$$tool" ] || command -v $$tool >/dev/null 2>&1 || missing=1; done; \
 	perl -MIO::Socket::SSL -e1 2>/dev/null || missing=1; \
 	if [ $$missing = 1 ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -6,6 +6,7 @@
  */
 
 import { startLetterbox } from "./src/app.ts";
+import { checkCommand } from "./src/check/command.ts";
 import { hooksCommand } from "./src/hooks/spool_command.ts";
 import { ConfigError, HELP, parseConfig } from "./src/config/config.ts";
 import { configureLogging, describeError, logger } from "./src/log.ts";
@@ -35,6 +36,12 @@ function letterboxEnvNames(): string[] {
 }
 
 async function main(): Promise<void> {
+  // letterbox check HOST[:PORT]: the MX self-test, a client; nothing of the server starts.
+  if (Deno.args[0] === "check") {
+    const write = (stream: { writeSync(bytes: Uint8Array): number }) => (line: string) =>
+      void stream.writeSync(encoder.encode(`${line}\n`));
+    Deno.exit(await checkCommand(Deno.args.slice(1), write(Deno.stdout), write(Deno.stderr)));
+  }
   // letterbox hooks list|retry ID [options]: the spool of the server these options describe.
   const hooksCommandArgs = Deno.args[0] === "hooks"
     ? Deno.args.slice(1, Deno.args[1] === "retry" ? 3 : 2)
