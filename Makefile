@@ -26,6 +26,8 @@ MAIL_ROOT ?= /var/vmail
 # program except HOOK_COMMANDS (exec: hooks, e.g. /usr/local/bin/on-mail).
 LISTEN_HOSTS ?= 0.0.0.0,[::],127.0.0.1,[::1]
 HOOK_HOSTS ?=
+# Hosts `letterbox check` may probe from the binary, e.g. CHECK_HOSTS=mx.example.com:25,mx.example.com:465.
+CHECK_HOSTS ?=
 HOOK_COMMANDS ?=
 COMMA := ,
 CERT_DIR ?= /etc/letterbox
@@ -39,7 +41,7 @@ CERT_DIR ?= /etc/letterbox
 V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
 RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env --allow-sys=hostname,uid
-BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS)) \
+BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS))$(if $(CHECK_HOSTS),$(COMMA)$(CHECK_HOSTS)) \
 	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
 	--allow-env --allow-sys=hostname,uid
 
