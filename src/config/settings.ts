@@ -316,6 +316,7 @@ export function helpText(): string {
     "Usage: letterbox [options]",
     "       letterbox hooks list [options]        hook jobs waiting and given up, in the spool",
     "       letterbox hooks retry ID [options]    queue a job again (then reload the server)",
+    "       letterbox check HOST[:PORT] ...       probe an MX (see letterbox check --help)",
     "",
   ];
   for (const setting of Object.values(SETTINGS) as Setting[]) {
