@@ -40,15 +40,18 @@ export class ReplyWriter {
     if (this.#pending === "") return this.#writing ?? Promise.resolve();
     const bytes = encoder.encode(this.#pending);
     this.#pending = "";
-    // The usual case, nothing under way, writes at once: no extra promise hops per reply.
     const write = this.#writing
       ? this.#writing.catch(() => {}).then(() => this.#sink.write(bytes))
       : this.#sink.write(bytes);
-    const current = write.finally(() => {
-      if (this.#writing === current) this.#writing = undefined;
-    });
-    this.#writing = current;
-    return current;
+    this.#writing = write;
+    // The caller awaits the write itself (no extra promise on its path); the
+    // bookkeeping runs beside it.
+    write.then(() => this.#settled(write), () => this.#settled(write));
+    return write;
+  }
+
+  #settled(write: Promise<void>): void {
+    if (this.#writing === write) this.#writing = undefined;
   }
 
   /** Queues a reply and writes it with everything held before it. */
