@@ -112,6 +112,32 @@ Deno.test("header fields a check adds go below our trace headers, in small and l
   }
 });
 
+Deno.test("fields a check drops are gone from the stored copy, which the check saw whole", async () => {
+  await withMaildir(async (root, envelope, target) => {
+    let seen = "";
+    const check: Check = {
+      name: "dropping",
+      begin: () => ({
+        write: (content) => void (seen += new TextDecoder().decode(content)),
+        verdict: () => Promise.resolve({ action: "accept", headerFields: "X-Spam: our own\n" }),
+      }),
+      dropsField: (name) => name.startsWith("x-spam"),
+    };
+    const result = await receiveMessage(
+      wire("X-Spam: No\r\nSubject: s\r\nX-Spam-Score:\r\n -10\r\n", "\r\nX-Spam: body\r\n.\r\n"),
+      envelope,
+      { target, checks: [check], maxMessageSize: 1000 },
+    );
+    assertEquals(replyText(result), "queued");
+    assertStringIncludes(seen, "X-Spam: No\nSubject: s\nX-Spam-Score:\n -10\n");
+    const [name] = await newFiles(`${root}/alice`);
+    const stored = await Deno.readTextFile(`${root}/alice/new/${name}`);
+    assert(stored.endsWith("X-Spam: our own\nSubject: s\n\nX-Spam: body\n"), stored);
+    const size = new TextEncoder().encode(stored).length;
+    assertStringIncludes(name, `,S=${size},W=${size + stored.split("\n").length - 1}`);
+  });
+});
+
 Deno.test("a junk verdict files every copy in the recipient's .Junk Maildir++ folder", async () => {
   await withMaildir(async (root, envelope, target) => {
     const result = await receiveMessage(

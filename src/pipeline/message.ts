@@ -14,6 +14,7 @@ import { decide } from "./checks/check.ts";
 import type { Envelope } from "./envelope.ts";
 import { describeError } from "../log.ts";
 import { replyFor } from "./failure.ts";
+import { anyOf, HeaderFilter } from "./header_filter.ts";
 import { MessagePrefix } from "./inspect.ts";
 import type { StoredCopy, Target, TargetTransaction } from "./targets/target.ts";
 import type { DataOutcome } from "../protocol/session.ts";
@@ -36,6 +37,9 @@ export interface MessageStages {
   /** Largest message, in octets on the wire. */
   readonly maxMessageSize: number;
 }
+
+/** What each check found, by check name, in check order. */
+export type CheckFindings = readonly { readonly check: string; readonly verdict: Verdict }[];
 
 /** How one message ended. */
 export type MessageResult =
@@ -62,6 +66,8 @@ export interface EndedMessage {
   readonly prefix: MessagePrefix;
   /** performance.now() at the end of data: what follows is storing and checking. */
   readonly endOfData: number;
+  /** Each check's verdict (empty when none ran). */
+  readonly verdicts: CheckFindings;
 }
 
 /**
@@ -75,6 +81,7 @@ export class OpenMessage {
   readonly #transaction: TargetTransaction | undefined;
   readonly #runs: readonly { check: string; run: CheckRun }[];
   readonly #watchers: readonly CheckRun[];
+  readonly #filter: HeaderFilter | undefined;
   readonly #prefix = new MessagePrefix();
   #failure: unknown;
   #size = 0;
@@ -91,6 +98,8 @@ export class OpenMessage {
     this.#failure = failure;
     this.#runs = stages.checks.map((check) => ({ check: check.name, run: check.begin(envelope) }));
     this.#watchers = this.#runs.map(({ run }) => run).filter((run) => run.write !== undefined);
+    const drop = anyOf(stages.checks.flatMap((check) => check.dropsField ?? []));
+    this.#filter = drop && new HeaderFilter(drop);
   }
 
   /** Begins a message: the target opens its transaction, each check starts. Never throws. */
@@ -113,6 +122,11 @@ export class OpenMessage {
     this.#prefix.add(content);
     this.#size += content.length;
     for (const run of this.#watchers) run.write!(content);
+    if (!this.#filter) return await this.#store(content, lines);
+    for (const piece of this.#filter.push(content)) await this.#store(piece);
+  }
+
+  async #store(content: Uint8Array, lines?: number): Promise<void> {
     if (this.#transaction && this.#failure === undefined) {
       await this.#transaction.write(content, lines).catch((error) => this.#failure = error);
     }
@@ -134,6 +148,7 @@ export class OpenMessage {
     this.#closed = true;
     const endOfData = performance.now();
     const transaction = this.#transaction;
+    let verdicts: CheckFindings = [];
     const ended = (
       outcome: DataOutcome,
       copies: readonly StoredCopy[] = [],
@@ -149,19 +164,21 @@ export class OpenMessage {
       wireBytes,
       prefix: this.#prefix,
       endOfData,
+      verdicts,
     });
     if (tooBig) {
       await transaction?.abort();
       return ended({ kind: "too-big" }, [], "message too big");
     }
+    for (const piece of this.#filter?.end() ?? []) await this.#store(piece);
     const failure = this.#failure;
     if (failure !== undefined || !transaction) {
       await transaction?.abort();
       return ended({ kind: "refused", reply: replyFor(failure) }, [], describeError(failure), true);
     }
     // Without checks (the default) nothing is awaited here: one trip fewer per message.
-    const verdicts = this.#runs.length === 0
-      ? []
+    verdicts = this.#runs.length === 0
+      ? verdicts
       : await Promise.all(this.#runs.map(async ({ check, run }) => ({
         check,
         verdict: await run.verdict().catch((error): Verdict => ({

@@ -11,16 +11,28 @@
 
 import type { Reply } from "../../protocol/replies.ts";
 import type { Envelope } from "../envelope.ts";
+import type { FieldPredicate } from "../header_filter.ts";
 import type { Disposition } from "../targets/target.ts";
+
+/** What a check found, beside its decision: for the log line and the hooks. */
+export interface Findings {
+  /** For the message's log line, e.g. `spf=pass dkim=pass dmarc=pass`. */
+  readonly log: string;
+  /** What a hook's payload carries under the check's name (JSON). */
+  readonly facts?: Readonly<Record<string, unknown>>;
+}
 
 /** What one check decided about one message. */
 export type Verdict =
-  /** Store it; `headerFields` (LF-terminated lines) go above the message. */
-  | { readonly action: "accept"; readonly headerFields?: string }
-  /** Store it in each recipient's Junk folder. */
-  | { readonly action: "junk"; readonly headerFields?: string }
-  /** Store nothing and answer with `reply` (a 4xx asks the sender to retry, a 5xx refuses). */
-  | { readonly action: "refuse"; readonly reply: Reply; readonly reason: string };
+  & (
+    /** Store it; `headerFields` (LF-terminated lines) go above the message. */
+    | { readonly action: "accept"; readonly headerFields?: string }
+    /** Store it in each recipient's Junk folder. */
+    | { readonly action: "junk"; readonly headerFields?: string }
+    /** Store nothing and answer with `reply` (a 4xx asks the sender to retry, a 5xx refuses). */
+    | { readonly action: "refuse"; readonly reply: Reply; readonly reason: string }
+  )
+  & { readonly findings?: Findings };
 
 /** One check's work on one message. */
 export interface CheckRun {
@@ -36,6 +48,11 @@ export interface Check {
   readonly name: string;
   /** Starts the check for one message at the start of DATA. */
   begin(envelope: Envelope): CheckRun;
+  /**
+   * Header fields a sender must not plant, removed from the stored copy (the
+   * check itself sees the message as it came).
+   */
+  readonly dropsField?: FieldPredicate;
 }
 
 /** The outcome of every check: a refusal, or how to store the message. */
