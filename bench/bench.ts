@@ -447,6 +447,8 @@ interface Row {
   /** With --baseline: the baseline's msg/s and the median within-round ratio to it (plain only). */
   baselineRate?: number;
   baselineRatio?: number;
+  /** With --baseline: the baseline's server CPU time per message in ms. */
+  baselineCpuPerMessage?: number;
   /** Server CPU time per message in ms, over every slice; the disk loop's own beside it. */
   cpuPerMessage: number;
   diskCpuPerMessage: number;
@@ -529,7 +531,9 @@ for (const size of SIZES) {
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
         } else if (mode === "baseline") {
-          results.baseline.push(await smtpLoad(baseline!.port, connections, size, false, SECONDS));
+          const before = cpuTime(baseline!.pid);
+          const result = await smtpLoad(baseline!.port, connections, size, false, SECONDS);
+          results.baseline.push({ ...result, cpuMs: cpuTime(baseline!.pid) - before });
         } else {
           const server = servers[mode];
           const before = cpuTime(server.pid);
@@ -569,6 +573,9 @@ for (const size of SIZES) {
         baselineRatio: mode === "plain" && baseline
           ? pairedRatio(runs, results.baseline)
           : undefined,
+        baselineCpuPerMessage: mode === "plain" && baseline
+          ? cpuPerMessage(results.baseline)
+          : undefined,
         cpuPerMessage: cpuPerMessage(runs),
         diskCpuPerMessage: cpuPerMessage(results.disk),
       };
@@ -594,7 +601,7 @@ for (const size of SIZES) {
           (row.baselineRate && row.baselineRatio
             ? ` | baseline ${row.baselineRate.toFixed(0).padStart(6)} msg/s (${
               row.baselineRatio.toFixed(2)
-            }x)`
+            }x), CPU ${row.baselineCpuPerMessage!.toFixed(2)} ms/msg`
             : "") +
           (row.errors ? ` | ${row.errors} connection errors` : ""),
       );
