@@ -47,8 +47,8 @@ BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.
-DEBIAN_PACKAGES = dovecot-imapd dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
-PEERS = /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
+DEBIAN_PACKAGES = dnsmasq-base dovecot-imapd dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
+PEERS = /usr/sbin/dnsmasq /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
 
 .PHONY: run test bench build certs deno deps clean
 

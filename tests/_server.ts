@@ -58,6 +58,14 @@ interface ServerOptions {
   useTestCert?: boolean;
 }
 
+/** A free loopback port, found by binding port 0 and letting it go. */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
 /** The arguments every test server starts with, before the test's own (which win). */
 function baseArgs(maildir: string, options: ServerOptions): string[] {
   return [

@@ -3,18 +3,10 @@
  * IMAP by a real Dovecot serving the same Maildir.
  */
 
-import { run, startServer, TestClient } from "./_server.ts";
+import { freePort, run, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes } from "./_assert.ts";
 
 const DOVECOT = "/usr/sbin/dovecot";
-
-/** A free loopback port, found by binding port 0 and letting it go. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 /**
  * A minimal Dovecot: one static user `test` with password `secret`, served as

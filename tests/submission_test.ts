@@ -4,18 +4,11 @@
  * of 128 KiB for a large one). Submitted with swaks, stored byte-exact.
  */
 
-import { have, readMessages, run, startServer } from "./_server.ts";
+import { freePort, have, readMessages, run, startServer } from "./_server.ts";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 
 const DOVECOT = "/usr/sbin/dovecot";
 const SUBMISSION = "/usr/lib/dovecot/submission";
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 function submissionConfig(dir: string, port: number, relayPort: number): string {
   return `
