@@ -26,6 +26,11 @@ MAIL_ROOT ?= /var/vmail
 # program except HOOK_COMMANDS (exec: hooks, e.g. /usr/local/bin/on-mail).
 LISTEN_HOSTS ?= 0.0.0.0,[::],127.0.0.1,[::1]
 HOOK_HOSTS ?=
+# The DNS servers sender authentication asks (--dns-server, or the system's
+# resolvers): by default those in this machine's /etc/resolv.conf. For the
+# binary, name the server of the machine it will run on, best a local caching
+# resolver: make build DNS_SERVERS=127.0.0.1:53.
+DNS_SERVERS ?= $(shell awk '$$1 == "nameserver" { print ($$2 ~ /:/ ? "[" $$2 "]" : $$2) ":53" }' /etc/resolv.conf 2>/dev/null | paste -sd, -)
 # Hosts `letterbox check` may probe from the binary, e.g. CHECK_HOSTS=mx.example.com:25,mx.example.com:465.
 CHECK_HOSTS ?=
 HOOK_COMMANDS ?=
@@ -39,9 +44,9 @@ CERT_DIR ?= /etc/letterbox
 # alternating rounds: peak RSS 128 -> 100 MiB, msg/s within noise). A small
 # VPS gets about that limit by default. Baked into the binary like the permissions.
 V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
-RUN_PERMISSIONS = --allow-net=127.0.0.1 --allow-read=./Maildir --allow-write=./Maildir \
+RUN_PERMISSIONS = --allow-net=127.0.0.1$(if $(DNS_SERVERS),$(COMMA)$(DNS_SERVERS)) --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env --allow-sys=hostname,uid
-BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS))$(if $(CHECK_HOSTS),$(COMMA)$(CHECK_HOSTS)) \
+BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(DNS_SERVERS),$(COMMA)$(DNS_SERVERS))$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS))$(if $(CHECK_HOSTS),$(COMMA)$(CHECK_HOSTS)) \
 	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
 	--allow-env --allow-sys=hostname,uid
 

@@ -9,9 +9,12 @@
 
 import type { Logger } from "@logtape/logtape";
 import { type Config, ConfigError, type ListenAddress } from "./config/config.ts";
-import { grantAdvice } from "./config/grant.ts";
+import { grantAdvice, grantSentence } from "./config/grant.ts";
 import { HookQueue } from "./hooks/queue.ts";
 import { checkHooks } from "./hooks/startup.ts";
+import { missingDnsPermission, Resolver } from "./dns/resolver.ts";
+import { AuthenticationCheck } from "./pipeline/checks/authentication.ts";
+import type { Check } from "./pipeline/checks/check.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
@@ -172,12 +175,31 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       );
     }
   }
+  const checks: Check[] = [];
+  if (config.authentication) {
+    const { dnsServer, policy } = config.authentication;
+    const missing = await missingDnsPermission(dnsServer);
+    if (missing) {
+      throw new ConfigError(
+        `Cannot authenticate senders: ${grantSentence("net", missing, "DNS_SERVERS")} ` +
+          "(or --dns-server HOST:PORT, or --authentication off)",
+      );
+    }
+    checks.push(
+      new AuthenticationCheck(
+        config.hostname,
+        new Resolver(dnsServer),
+        policy,
+        metrics && ((method, result) => metrics.authentication.inc({ method, result })),
+      ),
+    );
+  }
   const afterCommit = new AfterCommit({ hooks, metrics });
   const pipeline = new Pipeline(
     router,
     {
       target: new MaildirTarget(config.hostname, await fileOwner(maildirRoot)),
-      checks: [],
+      checks,
       maxMessageSize: config.maxMessageSize,
     },
     afterCommit,

@@ -126,6 +126,10 @@ export class Metrics {
     "From the end of DATA to the reply: storing and syncing every copy.",
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   );
+  readonly authentication = new Counter(
+    "letterbox_authentication_results_total",
+    "Sender authentication results, by method (spf, dkim, dmarc, arc) and result.",
+  );
   readonly earlyTalkers = new Counter(
     "letterbox_early_talkers_total",
     "Clients that talked before the greeting (--greet-delay) and were closed.",
@@ -183,6 +187,7 @@ export class Metrics {
       this.receivedBytes,
       this.deliverySeconds,
       this.recipientsPerMessage,
+      this.authentication,
       this.earlyTalkers,
       this.timeouts,
       this.hookJobs,

@@ -26,6 +26,36 @@ async function letterbox(args: string[], env: Record<string, string> = {}) {
 
 const CASES: [string, string[], Record<string, string>, RegExp][] = [
   [
+    "a DNS server it may not ask",
+    ["--dns-server", "192.0.2.53:53"],
+    {},
+    /^letterbox: Cannot authenticate senders: Letterbox may not connect to 192\.0\.2\.53:53; grant it with make run PERMISSIONS=--allow-net=192\.0\.2\.53:53, or build with make build DNS_SERVERS=192\.0\.2\.53:53 \(or --dns-server HOST:PORT, or --authentication off\)$/,
+  ],
+  [
+    "the system's DNS server it may not ask",
+    [],
+    {},
+    /^letterbox: Cannot authenticate senders: Letterbox may not connect to \S+:53; .*make build DNS_SERVERS=/,
+  ],
+  [
+    "a bad --dns-server",
+    ["--dns-server", "dns.example"],
+    {},
+    /^letterbox: Cannot use --dns-server "dns\.example": write an IP address and port/,
+  ],
+  [
+    "a hook condition without authentication",
+    ["--authentication", "off", "--hook", "a@x.test=https://127.0.0.1:1/h,auth=dmarc"],
+    {},
+    /^letterbox: Cannot use --hook "a@x\.test=https:\/\/127\.0\.0\.1:1\/h,auth=dmarc" with --authentication off/,
+  ],
+  [
+    "an unknown hook condition",
+    ["--hook", "a@x.test=https://127.0.0.1:1/h,auth=spf"],
+    {},
+    /^letterbox: Cannot use --hook "auth=spf": auth=spf is unknown: write auth=dmarc$/,
+  ],
+  [
     "an unknown flag",
     ["--colour"],
     {},
@@ -113,7 +143,13 @@ Deno.test("bad configuration exits 2 with one line: a listen address already in 
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
     const port = (taken.addr as Deno.NetAddr).port;
-    const result = await letterbox(["--listen", `127.0.0.1:${port}`, "--no-tls"]);
+    const result = await letterbox([
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--no-tls",
+      "--authentication",
+      "off",
+    ]);
     assertEquals(result.code, 2, result.stderr);
     // Not the bare EADDRINUSE any more (issue 15): what holds it and what to do.
     assertEquals(

@@ -3,60 +3,9 @@
  * IMAP by a real Dovecot serving the same Maildir.
  */
 
-import { freePort, run, startServer, TestClient } from "./_server.ts";
+import { type Dovecot, IMAP_LOGIN, startDovecot } from "./_dovecot.ts";
+import { run, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertStringIncludes } from "./_assert.ts";
-
-const DOVECOT = "/usr/sbin/dovecot";
-
-/**
- * A minimal Dovecot: one static user `test` with password `secret`, served as
- * uid `nobody` (Dovecot refuses to serve mail as root), plaintext login on
- * loopback, indexes outside the Maildir.
- */
-function dovecotConfig(dir: string, port: number, maildir: string, user: string): string {
-  return `
-protocols = imap
-listen = 127.0.0.1
-base_dir = ${dir}/run
-state_dir = ${dir}/state
-log_path = ${dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:${maildir}:INDEX=${dir}/index:CONTROL=${dir}/control
-default_login_user = dovenull
-default_internal_user = dovecot
-first_valid_uid = 1
-passdb {
-  driver = static
-  args = password=secret
-}
-userdb {
-  driver = static
-  args = ${user} home=${dir}/home
-}
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = ${port}
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service pop3-login {
-  inet_listener pop3 {
-    port = 0
-  }
-}
-service anvil {
-  chroot =
-}
-service imap-login {
-  chroot =
-}
-`;
-}
 
 /** Letterbox delivering into a fresh Maildir inside a folder Dovecot's set-up will use too. */
 async function startLetterboxForDovecot() {
@@ -69,55 +18,6 @@ async function startLetterboxForDovecot() {
   });
   return { dir, maildir, server };
 }
-
-/** A private Dovecot serving `maildir` over IMAP on a free loopback port. */
-interface Dovecot {
-  readonly port: number;
-  stop(): Promise<void>;
-}
-
-async function startDovecot(dir: string, maildir: string): Promise<Dovecot> {
-  for (const sub of ["run", "state", "index", "control", "home"]) {
-    await Deno.mkdir(`${dir}/${sub}`);
-  }
-  let user = `uid=${Deno.uid()} gid=${Deno.gid()}`;
-  if (Deno.uid() === 0) {
-    // Dovecot will not serve mail as root: hand the Maildir (root's, mode 0700) to nobody.
-    user = "uid=nobody gid=nogroup";
-    await Deno.chmod(dir, 0o755);
-    for (const path of [maildir, `${dir}/index`, `${dir}/control`, `${dir}/home`]) {
-      assertEquals((await run("chown", ["-R", "nobody:nogroup", path])).code, 0);
-    }
-  }
-  const port = freePort();
-  await Deno.writeTextFile(`${dir}/dovecot.conf`, dovecotConfig(dir, port, maildir, user));
-  const child = new Deno.Command(DOVECOT, {
-    args: ["-F", "-c", `${dir}/dovecot.conf`],
-    stdout: "null",
-    stderr: "null",
-    stdin: "null",
-  }).spawn();
-  return {
-    port,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
-}
-
-/** Python: log in to the Dovecot on argv[1] (retrying while it starts) and select INBOX. */
-const IMAP_LOGIN = `
-port = int(sys.argv[1])
-for attempt in range(50):
-    try:
-        imap = imaplib.IMAP4("127.0.0.1", port)
-        break
-    except OSError:
-        time.sleep(0.1)
-imap.login("test", "secret")
-typ, data = imap.select("INBOX")
-`;
 
 const IMAP_FETCH = `
 import imaplib, sys, email, time

@@ -10,7 +10,9 @@
 import { type Cidr, parseCidr } from "../net/cidr.ts";
 import { isDomainName } from "../protocol/address.ts";
 import { maildirRootOf, templateProblem } from "../maildir/template.ts";
-import { type Hook, parseHook } from "../hooks/hook.ts";
+import { type Hook, isHookOption, parseHook, withHookOption } from "../hooks/hook.ts";
+import { type NameServer, parseNameServer } from "../dns/resolver.ts";
+import type { AuthenticationPolicy } from "../pipeline/checks/authentication.ts";
 import type { LOG_LEVELS, LogFormat } from "../log.ts";
 import { envName, helpText, type Setting, type SettingName, SETTINGS } from "./settings.ts";
 
@@ -63,6 +65,12 @@ export interface Config {
   readonly hookConcurrency: number;
   /** Where hook jobs wait: inside the Maildir root, so the same write permission covers it. */
   readonly hookSpool: string;
+  /** Sender authentication, when on (the default). */
+  readonly authentication?: {
+    /** The DNS server to ask; the system's resolver when undefined. */
+    readonly dnsServer?: NameServer;
+    readonly policy: AuthenticationPolicy;
+  };
   /** Where to serve Prometheus metrics and /healthz, when wanted. */
   readonly metrics?: ListenAddress;
   /** The recipients file, when there is one. */
@@ -312,11 +320,19 @@ export function parseConfig(
   if (text("hookSecret") !== undefined && text("hookSecretFile") !== undefined) {
     throw new ConfigError("Cannot use --hook-secret with --hook-secret-file: choose one");
   }
-  const hooks = (list("hooks") ?? []).map((item) => {
-    const hook = parseHook(item);
+  const hooks: Hook[] = [];
+  for (const item of list("hooks") ?? []) {
+    // "PATTERN=URL,from=@example.com,auth=dmarc": the options follow their hook.
+    const previous = hooks.at(-1);
+    const hook = isHookOption(item)
+      ? previous
+        ? withHookOption(previous, item)
+        : "write it after a hook, e.g. deploy@example.com=https://ci.example.com/hook,auth=dmarc"
+      : parseHook(item);
     if (typeof hook === "string") throw problem(givenOf("hooks"), item, hook);
-    return hook;
-  });
+    if (isHookOption(item)) hooks.pop();
+    hooks.push(hook);
+  }
   const retryForText = text("hookRetryFor")!;
   const hookRetryFor = parseDuration(retryForText);
   if (!Number.isFinite(hookRetryFor) || hookRetryFor <= 0) {
@@ -326,8 +342,19 @@ export function parseConfig(
       "write a duration such as 90s, 30m, 24h or 2d",
     );
   }
+  const authenticationOn = choice("authentication") === "on";
+  const conditional = hooks.find((hook) => hook.auth || hook.from);
+  if (conditional && !authenticationOn) {
+    throw new ConfigError(
+      `Cannot use --hook ${JSON.stringify(conditional.text)} with --authentication off: ` +
+        "its from=/auth= conditions read what authentication finds",
+    );
+  }
   const maildirRoot = maildirRootOf(maildir);
   const metrics = text("metrics");
+  const dnsServerText = text("dnsServer");
+  const dnsServer = dnsServerText === undefined ? undefined : parseNameServer(dnsServerText);
+  if (typeof dnsServer === "string") throw problem(givenOf("dnsServer"), dnsServerText!, dnsServer);
 
   return {
     kind: "run",
@@ -369,6 +396,15 @@ export function parseConfig(
         (maildirRoot === maildir.replace(/\/+$/, "")
           ? `${maildirRoot}/letterbox-hooks`
           : `${maildirRoot}/.letterbox-hooks`),
+      authentication: !authenticationOn ? undefined : {
+        dnsServer,
+        policy: {
+          dmarcReject: choice("dmarcReject") as AuthenticationPolicy["dmarcReject"],
+          dmarcQuarantine: choice("dmarcQuarantine") as AuthenticationPolicy["dmarcQuarantine"],
+          spfFail: choice("spfFail") as AuthenticationPolicy["spfFail"],
+          dnsTemperror: choice("dnsTemperror") as AuthenticationPolicy["dnsTemperror"],
+        },
+      },
       metrics: metrics === undefined ? undefined : parseListen(metrics, from("metrics")),
       subaddressFolders: switchOn("subaddressFolders"),
       logLevel: choice("logLevel") as Config["logLevel"],

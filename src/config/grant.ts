@@ -24,11 +24,19 @@ export function grantAdvice(
   return grantSentence(kind, value);
 }
 
-/** "Letterbox may not read X; grant it with ..." for a permission known to be missing. */
-export function grantSentence(kind: keyof typeof BUILD_VARIABLE, value: string): string {
+/**
+ * "Letterbox may not read X; grant it with ..." for a permission known to be
+ * missing; `variable` names the `make build` variable when it is not the
+ * kind's usual one.
+ */
+export function grantSentence(
+  kind: keyof typeof BUILD_VARIABLE,
+  value: string,
+  variable: string = BUILD_VARIABLE[kind],
+): string {
   const verb = { read: "read", write: "write to", run: "run", net: "connect to" }[kind];
   return `Letterbox may not ${verb} ${value}; grant it with make run PERMISSIONS=--allow-${kind}=${value}, ` +
-    `or build with make build ${BUILD_VARIABLE[kind]}=${kind === "read" ? dirname(value) : value}`;
+    `or build with make build ${variable}=${kind === "read" ? dirname(value) : value}`;
 }
 
 function dirname(path: string): string {

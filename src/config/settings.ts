@@ -186,7 +186,8 @@ export const SETTINGS = {
     arg: "PATTERN=TARGET",
     legacyEnv: ["LETTERBOX_HOOKS"],
     help: "run for each message to PATTERN (address, @domain or *): an http(s) URL to POST " +
-      "JSON to, or exec:/path/to/command (repeatable)",
+      "JSON to, or exec:/path/to/command; then ,from=@domain and ,auth=dmarc to fire only " +
+      "for mail that DMARC authenticates as from there (repeatable)",
   },
   hookSecret: {
     flag: "hook-secret",
@@ -249,6 +250,53 @@ export const SETTINGS = {
     arg: "PATH",
     defaultText: "letterbox-hooks in the Maildir root",
     help: "where hook jobs wait",
+  },
+  authentication: {
+    flag: "authentication",
+    kind: "choice",
+    arg: "on|off",
+    default: "on",
+    choices: ["on", "off"],
+    help: "verify SPF, DKIM, DMARC and ARC and add Authentication-Results",
+  },
+  dnsServer: {
+    flag: "dns-server",
+    kind: "text",
+    arg: "HOST:PORT",
+    defaultText: "the system resolver",
+    help: "the DNS server authentication asks (a local caching resolver such as unbound)",
+  },
+  dmarcReject: {
+    flag: "dmarc-reject",
+    kind: "choice",
+    arg: "ACTION",
+    default: "honour",
+    choices: ["honour", "junk", "off"],
+    help: "DMARC fails where the domain says p=reject: honour (550 5.7.1), junk or off",
+  },
+  dmarcQuarantine: {
+    flag: "dmarc-quarantine",
+    kind: "choice",
+    arg: "ACTION",
+    default: "junk",
+    choices: ["junk", "off"],
+    help: "DMARC fails where the domain says p=quarantine: junk (the Junk folder) or off",
+  },
+  spfFail: {
+    flag: "spf-fail",
+    kind: "choice",
+    arg: "ACTION",
+    default: "tag",
+    choices: ["tag", "reject"],
+    help: "SPF fails and DMARC does not pass: tag (in the header) or reject (550 5.7.23)",
+  },
+  dnsTemperror: {
+    flag: "dns-temperror",
+    kind: "choice",
+    arg: "ACTION",
+    default: "deliver",
+    choices: ["deliver", "tempfail"],
+    help: "DNS failed during authentication: deliver (noted temperror) or tempfail (451)",
   },
   metrics: {
     flag: "metrics",

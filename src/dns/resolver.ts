@@ -20,7 +20,7 @@ export interface NameServer {
 /** Fixed DNS limits, in milliseconds and entries. */
 export const DNS_LIMITS = {
   /** One query; without a bound a dead server takes 15 s to fail. */
-  queryTimeout: 3_000,
+  queryTimeout: 2_000,
   /** How long an answer is reused. */
   answerLifetime: 60_000,
   /** How long "no such name / no such record" is reused (RFC 2308 caching, kept short). */
@@ -147,4 +147,28 @@ export function parseNameServer(text: string): NameServer | string {
     return `the port ${match[2]} is not 1-65535`;
   }
   return { ipAddr: match[1], port };
+}
+
+/**
+ * Whether this process may ask `server` (or the system's resolvers): the
+ * missing `host:port` when it may not. Deno checks the permission before a
+ * query leaves, so a query with a short deadline finds out without waiting
+ * for an answer.
+ */
+export async function missingDnsPermission(server?: NameServer): Promise<string | undefined> {
+  if (server) {
+    const host = server.ipAddr.includes(":")
+      ? `[${server.ipAddr}]:${server.port}`
+      : `${server.ipAddr}:${server.port}`;
+    const state = await Deno.permissions.query({ name: "net", host });
+    return state.state === "granted" ? undefined : host;
+  }
+  try {
+    await Deno.resolveDns("localhost", "A", { signal: AbortSignal.timeout(200) });
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable) {
+      return /access to "([^"]+)"/.exec(error.message)?.[1] ?? "the system's DNS server";
+    }
+  }
+  return undefined;
 }

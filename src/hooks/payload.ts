@@ -7,6 +7,7 @@
 
 import PostalMime from "postal-mime";
 import { LIMITS } from "../limits.ts";
+import type { AuthenticationFacts } from "../pipeline/checks/authentication.ts";
 
 /** The envelope part of a job, as stored in the spool. */
 export interface JobEnvelope {
@@ -17,6 +18,8 @@ export interface JobEnvelope {
   readonly heloName: string;
   readonly tls: string | null;
   readonly receivedAt: string;
+  /** What sender authentication found (absent when it is off, and in older jobs). */
+  readonly authentication?: AuthenticationFacts;
   /**
    * The stored copies: Maildir and file name (the file may move from new/ to
    * cur/), and the envelope recipients each copy is for (absent in jobs
@@ -57,6 +60,7 @@ export async function buildPayload(
       heloName: envelope.heloName,
       tls: envelope.tls,
       receivedAt: envelope.receivedAt,
+      authentication: envelope.authentication ?? null,
       files: envelope.files.map((f) => `${f.maildir}/new/${f.name}`),
     },
     message: {

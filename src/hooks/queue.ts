@@ -10,7 +10,7 @@
 
 import type { Logger } from "@logtape/logtape";
 import { syncDirectory } from "../maildir/maildir.ts";
-import { type Hook, matchingRecipients } from "./hook.ts";
+import { type Hook, matchingRecipients, senderAllowed } from "./hook.ts";
 import { buildPayload, type JobEnvelope } from "./payload.ts";
 
 /** How hooks run. Durations in milliseconds. */
@@ -114,7 +114,10 @@ export class HookQueue {
    * by jobs that survive a crash.
    */
   async enqueue(envelope: JobEnvelope): Promise<number> {
+    const dmarc = envelope.authentication?.dmarc;
+    const sender = dmarc && { from: dmarc.from, dmarc: dmarc.result };
     const matches = this.#options.hooks
+      .filter((hook) => senderAllowed(hook, sender))
       .map((hook) => ({ hook, recipients: matchingRecipients(hook, envelope.recipients) }))
       .filter(({ recipients }) => recipients.length > 0);
     if (matches.length === 0) return 0;

@@ -16,8 +16,8 @@ import { formatAddress } from "../protocol/address.ts";
 import { formatReply, type Reply } from "../protocol/replies.ts";
 import type { Envelope } from "./envelope.ts";
 import { inspectMessage } from "./inspect.ts";
-import type { MessageResult } from "./message.ts";
-import type { StoredCopy } from "./targets/target.ts";
+import type { EndedMessage, MessageResult } from "./message.ts";
+import type { AuthenticationFacts } from "./checks/authentication.ts";
 
 /** Whether deliveries work, and if not, why (for /healthz). */
 export interface Health {
@@ -51,20 +51,23 @@ export class AfterCommit {
    */
   committed(
     envelope: Envelope,
-    copies: readonly StoredCopy[],
+    result: EndedMessage,
     log: Logger,
   ): Promise<void> | undefined {
     const hooks = this.#options.hooks;
     if (!hooks) return undefined;
-    return this.#enqueue(hooks, envelope, copies, log);
+    return this.#enqueue(hooks, envelope, result, log);
   }
 
   async #enqueue(
     hooks: HookQueue,
     envelope: Envelope,
-    copies: readonly StoredCopy[],
+    result: EndedMessage,
     log: Logger,
   ): Promise<void> {
+    const copies = result.copies;
+    const authentication = result.verdicts.find(({ check }) => check === "authentication")
+      ?.verdict.findings?.facts as AuthenticationFacts | undefined;
     try {
       await hooks.enqueue({
         queueId: envelope.id,
@@ -74,6 +77,7 @@ export class AfterCommit {
         heloName: envelope.heloName,
         tls: envelope.tls ? `${envelope.tls.protocol} ${envelope.tls.cipher}` : null,
         receivedAt: envelope.receivedAt.toISOString(),
+        ...(authentication ? { authentication } : {}),
         files: copies.map((copy) => ({
           maildir: copy.maildir,
           name: copy.path.slice(copy.path.lastIndexOf("/") + 1),
@@ -114,10 +118,11 @@ export class AfterCommit {
       if (result.storageFailed) {
         log.error("Delivery of {id} failed: {error}", { id: envelope.id, error: result.failure });
       }
-      log.info("Message {id} refused: {reply} ({why})", {
+      log.info("Message {id} refused: {reply} ({why}){checks}", {
         id: envelope.id,
         reply: formatReply(reply).trimEnd(),
         why: result.failure,
+        checks: checksSummary(result),
       });
       return;
     }
@@ -127,7 +132,7 @@ export class AfterCommit {
         log.info(
           "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
             "subject {subject}, from {from}, {attachments} attachments, in {ms} ms; " +
-            "client {client} {helo}, by {transfer}, stored in {folders}",
+            "client {client} {helo}, by {transfer}, stored in {folders}{checks}",
           {
             id: envelope.id,
             sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
@@ -137,6 +142,7 @@ export class AfterCommit {
             helo: envelope.heloName,
             transfer: envelope.transfer ?? "DATA",
             folders: result.copies.map((copy) => copy.maildir),
+            checks: checksSummary(result),
             size: result.size,
             messageId: summary.messageId,
             subject: summary.subject,
@@ -164,4 +170,12 @@ export class AfterCommit {
   async settled(): Promise<void> {
     await Promise.all(this.#pending);
   }
+}
+
+// "; authentication spf=pass dkim=pass ..." for the log line, or "" without checks.
+function checksSummary(result: EndedMessage): string {
+  const parts = result.verdicts.flatMap(({ check, verdict }) =>
+    verdict.findings ? [`${check} ${verdict.findings.log}`] : []
+  );
+  return parts.length === 0 ? "" : `; ${parts.join("; ")}`;
 }

@@ -136,7 +136,12 @@ export class OpenMessage {
   async abort(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#abortChecks();
     await this.#transaction?.abort();
+  }
+
+  #abortChecks(): void {
+    for (const { run } of this.#runs) run.abort?.();
   }
 
   /**
@@ -167,12 +172,14 @@ export class OpenMessage {
       verdicts,
     });
     if (tooBig) {
+      this.#abortChecks();
       await transaction?.abort();
       return ended({ kind: "too-big" }, [], "message too big");
     }
     for (const piece of this.#filter?.end() ?? []) await this.#store(piece);
     const failure = this.#failure;
     if (failure !== undefined || !transaction) {
+      this.#abortChecks();
       await transaction?.abort();
       return ended({ kind: "refused", reply: replyFor(failure) }, [], describeError(failure), true);
     }

@@ -85,7 +85,7 @@ export class Pipeline {
     log: Logger,
   ): Promise<Reply> {
     if (result.outcome.kind === "queued") {
-      const jobs = this.#afterCommit.committed(envelope, result.copies, log);
+      const jobs = this.#afterCommit.committed(envelope, result, log);
       if (jobs) await jobs;
     }
     const reply = session.finishData(result.outcome);

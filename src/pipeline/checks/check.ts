@@ -40,6 +40,8 @@ export interface CheckRun {
   write?(content: Uint8Array): void;
   /** Decides, once the whole message has been read. Rejecting counts as a 451 refusal. */
   verdict(): Promise<Verdict>;
+  /** Gives up on a message that will not be stored (the client left, or it was too big). */
+  abort?(): void;
 }
 
 /** A check the pipeline runs on every message. */
