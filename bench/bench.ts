@@ -22,6 +22,7 @@
  */
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
+import { dkimSign } from "mailauth";
 
 const parseArgs = untypedParseArgs as (
   args: string[],
@@ -170,8 +171,8 @@ async function smtpLoad(
   size: number,
   tls: boolean,
   seconds: number,
+  message: Uint8Array = wireMessage(size),
 ): Promise<LoadResult> {
-  const message = wireMessage(size);
   const envelope = encoder.encode(
     "MAIL FROM:<bench@load.test>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n",
   );
@@ -305,7 +306,14 @@ function started(child: Deno.ChildProcess, port: number, cleanUp?: () => Promise
   };
 }
 
-async function startLetterbox(maildir: string, root: string = ROOT): Promise<Started> {
+async function startLetterbox(
+  maildir: string,
+  root: string = ROOT,
+  extra: readonly string[] = [],
+): Promise<Started> {
+  // Checks are off unless a mode turns them on: the plain rows measure receiving and storing.
+  const knowsChecks = (await Deno.readTextFile(`${root}/src/config/settings.ts`).catch(() => ""))
+    .includes(`flag: "authentication"`);
   const args = [
     "run",
     // The V8 flags make run and make build use, unless an experiment says otherwise.
@@ -332,6 +340,8 @@ async function startLetterbox(maildir: string, root: string = ROOT): Promise<Sta
     "20000",
     "--max-message-size",
     "256M",
+    ...(knowsChecks && !extra.includes("--authentication") ? ["--authentication", "off"] : []),
+    ...extra,
   ];
   // The log goes to a file, as it would go to journald in production: a pipe
   // read by this busy load client would make the server wait on its own logging.
@@ -381,12 +391,95 @@ async function startSink(): Promise<Started | undefined> {
   return started(child, port);
 }
 
+/**
+ * DNS for the authentication rows: dnsmasq on a loopback port serving SPF,
+ * a DKIM key and DMARC for the load client's domain, and the message of each
+ * size signed with that key. Undefined without dnsmasq.
+ */
+async function startAuthDns(): Promise<
+  (Started & { sign(size: number): Promise<Uint8Array> }) | undefined
+> {
+  try {
+    await Deno.stat("/usr/sbin/dnsmasq");
+  } catch {
+    return undefined;
+  }
+  const keys = await crypto.subtle.generateKey(
+    {
+      name: "RSASSA-PKCS1-v1_5",
+      modulusLength: 2048,
+      publicExponent: new Uint8Array([1, 0, 1]),
+      hash: "SHA-256",
+    },
+    true,
+    ["sign", "verify"],
+  ) as CryptoKeyPair;
+  const base64 = (bytes: ArrayBuffer) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
+  const privateKey = `-----BEGIN PRIVATE KEY-----\n${
+    base64(await crypto.subtle.exportKey("pkcs8", keys.privateKey)).replace(/.{64}/g, "$&\n")
+  }\n-----END PRIVATE KEY-----\n`;
+  const record = `v=DKIM1; k=rsa; p=${
+    base64(await crypto.subtle.exportKey("spki", keys.publicKey))
+  }`;
+  const strings = record.match(/.{1,250}/g)!.map((part) => JSON.stringify(part)).join(",");
+  const dir = await Deno.makeTempDir({ prefix: "letterbox-bench-dns-" });
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  await Deno.writeTextFile(
+    `${dir}/dnsmasq.conf`,
+    [
+      `port=${port}`,
+      "listen-address=127.0.0.1",
+      "bind-interfaces",
+      "no-resolv",
+      "no-hosts",
+      "local=/test/",
+      `txt-record=load.test,"v=spf1 ip4:127.0.0.1 -all"`,
+      `txt-record=sel._domainkey.load.test,${strings}`,
+      `txt-record=_dmarc.load.test,"v=DMARC1; p=none"`,
+    ].join("\n") + "\n",
+  );
+  const child = new Deno.Command("/usr/sbin/dnsmasq", {
+    args: ["-k", "-C", `${dir}/dnsmasq.conf`, "-u", "nobody", "--pid-file="],
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  for (let i = 0; i < 100; i++) {
+    try {
+      await Deno.resolveDns("load.test", "TXT", {
+        nameServer: { ipAddr: "127.0.0.1", port },
+        signal: AbortSignal.timeout(200),
+      });
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  return {
+    ...started(child, port, () => Deno.remove(dir, { recursive: true })),
+    async sign(size: number): Promise<Uint8Array> {
+      const text = decoder.decode(wireMessage(size)).slice(0, -3); // without ".\r\n"
+      const result = await dkimSign(
+        text,
+        {
+          canonicalization: "relaxed/relaxed",
+          signatureData: [{ signingDomain: "load.test", selector: "sel", privateKey }],
+        } as unknown as Parameters<typeof dkimSign>[1],
+      );
+      return encoder.encode(result.signatures + text + ".\r\n");
+    },
+  };
+}
+
 // ---------------------------------------------------------------- run
 
 const work = await Deno.makeTempDir({ prefix: "letterbox-bench-" });
 const maildir = `${work}/Maildir`;
 await Deno.mkdir(maildir);
 const sink = await startSink();
+const authDns = await startAuthDns();
 const machine = {
   cpus: navigator.hardwareConcurrency,
   cpu:
@@ -449,12 +542,14 @@ interface Row {
   baselineRatio?: number;
   /** With --baseline: the baseline's server CPU time per message in ms. */
   baselineCpuPerMessage?: number;
+  /** Plain rows: the same cell with sender authentication on, and its ratio to plain. */
+  authentication?: { messagesPerSecond: number; ratio: number; cpuPerMessage: number };
   /** Server CPU time per message in ms, over every slice; the disk loop's own beside it. */
   cpuPerMessage: number;
   diskCpuPerMessage: number;
 }
 
-type Mode = "disk" | "plain" | "tls" | "sink" | "baseline";
+type Mode = "disk" | "plain" | "tls" | "sink" | "baseline" | "auth";
 const rate = (result: LoadResult) => result.messages / result.seconds;
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -501,15 +596,28 @@ for (const size of SIZES) {
     };
     if (BASELINE) await Deno.mkdir(`${cell}/baseline`, { recursive: true });
     const baseline = BASELINE ? await startLetterbox(`${cell}/baseline`, BASELINE) : undefined;
+    // Sender authentication on (local DNS, warm cache), plain, with a DKIM-signed message.
+    if (authDns) await Deno.mkdir(`${cell}/auth`, { recursive: true });
+    const auth = authDns
+      ? await startLetterbox(`${cell}/auth`, ROOT, [
+        "--authentication",
+        "on",
+        "--dns-server",
+        `127.0.0.1:${authDns.port}`,
+      ])
+      : undefined;
+    const signed = authDns ? await authDns.sign(size) : undefined;
     const modes: Mode[] = ["disk", "plain", "tls"];
     if (sink) modes.push("sink");
     if (baseline) modes.push("baseline");
+    if (auth) modes.push("auth");
     const results: Record<Mode, LoadResult[]> = {
       disk: [],
       plain: [],
       tls: [],
       sink: [],
       baseline: [],
+      auth: [],
     };
     // One unmeasured second of each first: fresh servers compile their hot
     // paths, and fresh directories grow their first blocks (the first
@@ -519,6 +627,7 @@ for (const size of SIZES) {
     await smtpLoad(servers.tls.port, connections, size, true, 1);
     if (sink) await smtpLoad(sink.port, connections, size, false, 1);
     if (baseline) await smtpLoad(baseline.port, connections, size, false, 1);
+    if (auth) await smtpLoad(auth.port, connections, size, false, 1, signed);
     await new Deno.Command("sync").output();
     for (let round = 0; round < ROUNDS; round++) {
       // The order turns each round, so that no mode always follows the disk loop's flushes.
@@ -530,6 +639,10 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
+        } else if (mode === "auth") {
+          const before = cpuTime(auth!.pid);
+          const result = await smtpLoad(auth!.port, connections, size, false, SECONDS, signed);
+          results.auth.push({ ...result, cpuMs: cpuTime(auth!.pid) - before });
         } else if (mode === "baseline") {
           const before = cpuTime(baseline!.pid);
           const result = await smtpLoad(baseline!.port, connections, size, false, SECONDS);
@@ -576,6 +689,13 @@ for (const size of SIZES) {
         baselineCpuPerMessage: mode === "plain" && baseline
           ? cpuPerMessage(results.baseline)
           : undefined,
+        authentication: mode === "plain" && auth
+          ? {
+            messagesPerSecond: median(results.auth.map(rate)),
+            ratio: pairedRatio(results.auth, runs),
+            cpuPerMessage: cpuPerMessage(results.auth),
+          }
+          : undefined,
         cpuPerMessage: cpuPerMessage(runs),
         diskCpuPerMessage: cpuPerMessage(results.disk),
       };
@@ -603,12 +723,20 @@ for (const size of SIZES) {
               row.baselineRatio.toFixed(2)
             }x), CPU ${row.baselineCpuPerMessage!.toFixed(2)} ms/msg`
             : "") +
+          (row.authentication
+            ? ` | authentication on ${
+              row.authentication.messagesPerSecond.toFixed(0).padStart(6)
+            } msg/s (${row.authentication.ratio.toFixed(2)}x of plain), CPU ${
+              row.authentication.cpuPerMessage.toFixed(2)
+            } ms/msg`
+            : "") +
           (row.errors ? ` | ${row.errors} connection errors` : ""),
       );
     }
     await servers.plain.stop();
     await servers.tls.stop();
     await baseline?.stop();
+    await auth?.stop();
   }
   await clearCells(cells);
 }
@@ -686,6 +814,7 @@ async function smtpLoadOnce(port: number, size: number): Promise<void> {
 }
 
 await sink?.stop();
+await authDns?.stop();
 await Deno.remove(work, { recursive: true });
 // Written back now, so that the deletions do not slow whatever runs next.
 await new Deno.Command("sync").output();
@@ -724,4 +853,20 @@ const lines = [
     } | ${fixed(row.cpuPerMessage, 2)} (${fixed(row.diskCpuPerMessage, 2)}) |`
   ),
 ];
+// What each check costs, as a ratio to the same cell without it, from the same rounds.
+const checked = rows.filter((row) => row.authentication);
+if (checked.length > 0) {
+  lines.push(
+    "",
+    "| connections | size | check | msg/s | vs without (same rounds) | CPU ms/msg (without) |",
+    "| --- | --- | --- | --- | --- | --- |",
+    ...checked.map((row) =>
+      `| ${row.connections} | ${sizeName(row.size)} | authentication | ${
+        fixed(row.authentication!.messagesPerSecond, 0)
+      } | ${fixed(row.authentication!.ratio, 2)}x | ${
+        fixed(row.authentication!.cpuPerMessage, 2)
+      } (${fixed(row.cpuPerMessage, 2)}) |`
+    ),
+  );
+}
 console.log(`\n${lines.join("\n")}`);
