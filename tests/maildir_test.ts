@@ -3,7 +3,7 @@ import type { Envelope } from "../src/pipeline/envelope.ts";
 import { isRoute, type Route } from "../src/pipeline/route.ts";
 import { MaildirTarget } from "../src/pipeline/targets/maildir.ts";
 import type { TargetTransaction } from "../src/pipeline/targets/target.ts";
-import { escapeHostname, uniqueName } from "../src/maildir/maildir.ts";
+import { escapeHostname, MaildirFile, uniqueName } from "../src/maildir/maildir.ts";
 import { Router } from "../src/pipeline/route.ts";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 
@@ -127,4 +127,39 @@ Deno.test("LocalDelivery.commit() leaves nothing in new/ when one of many copies
   await new Promise((resolve) => setTimeout(resolve, 200));
   for (let i = 1; i < 20; i++) assertEquals(await list(`${root}/a${i}/new`), [], `a${i}`);
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("MaildirFile.commit() takes fields out of the message's header and inserts others, small or large", async () => {
+  for (const bodyBytes of [10, 400_000]) {
+    for (const insert of ["", "X-Spam: Yes\nX-Spam-Score: 9.5\nSubject: [SPAM] hi\n"]) {
+      const dir = await Deno.makeTempDir({ prefix: "letterbox-edit-" });
+      try {
+        const file = await MaildirFile.create(dir, "mx.test");
+        const encoder = new TextEncoder();
+        await file.write(encoder.encode("Received: from us\n"));
+        file.markInsertionPoint();
+        const body = "b\u00e9".repeat(bodyBytes / 2);
+        await file.write(
+          encoder.encode(
+            "X-Planted: 1\nSubject: hi\nX-Planted: 2\n folded\nTo: a@x.test\nX-Planted: 3\n\n",
+          ),
+        );
+        await file.write(encoder.encode(`${body}\nX-Planted: in the body\n`));
+        const path = await file.commit(encoder.encode(insert), dir, [
+          { name: "subject", occurrence: 0 },
+          { name: "x-planted", occurrence: 2 },
+          { name: "x-planted", occurrence: -1 },
+        ]);
+        const stored = await Deno.readTextFile(path);
+        assertEquals(
+          stored,
+          `Received: from us\n${insert}X-Planted: 1\nTo: a@x.test\n\n${body}\nX-Planted: in the body\n`,
+        );
+        const size = encoder.encode(stored).length;
+        assertEquals(path.split(",S=")[1], `${size},W=${size + stored.split("\n").length - 1}`);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    }
+  }
 });

@@ -175,13 +175,19 @@ export class MaildirFile {
    * Syncs the file, renames it into `new/` with `,S=<size>,W=<size with
    * CRLF>` (Dovecot reads both to skip a stat and a scan) and returns the new
    * path. `insert` (header fields that checks added, LF-terminated) goes in at
-   * the {@link markInsertionPoint}; `into` is another Maildir on the same file
+   * the {@link markInsertionPoint}; `remove` names fields of the message's own
+   * header to take out first. `into` is another Maildir on the same file
    * system to file it in instead (a Maildir++ folder such as `.Junk`, made
    * beforehand). The caller syncs `new/` itself, so that copies can share one
    * sync.
    */
-  async commit(insert: Uint8Array = EMPTY, into: string = this.#dir): Promise<string> {
-    if (insert.length > 0) await this.#insert(insert);
+  async commit(
+    insert: Uint8Array = EMPTY,
+    into: string = this.#dir,
+    remove: readonly FieldRemoval[] = [],
+  ): Promise<string> {
+    if (remove.length > 0) await this.#edit(insert, remove);
+    else if (insert.length > 0) await this.#insert(insert);
     await this.#flush();
     giveBack(this.#buffer);
     this.#buffer = EMPTY;
@@ -194,6 +200,57 @@ export class MaildirFile {
     const path = `${into}/new/${name}`;
     await Deno.rename(this.tmpPath, path);
     return path;
+  }
+
+  // Rare (a check asked for fields to go): the message's header, after our
+  // trace fields, is read back from the file, filtered, and written again with
+  // `insert` before it; what follows moves by the difference.
+  async #edit(insert: Uint8Array, remove: readonly FieldRemoval[]): Promise<void> {
+    await this.#flush();
+    const readable = Math.min(this.#size - this.#insertAt, LIMITS.maxInspectedHeaderBytes);
+    using reader = await Deno.open(this.tmpPath, { read: true });
+    const region = await readAt(reader, this.#insertAt, readable);
+    const end = headerEnd(region);
+    // A header longer than we read is left as it is; the insert still goes in.
+    if (end === -1 && readable < this.#size - this.#insertAt) return await this.#insert(insert);
+    const header = region.subarray(0, end === -1 ? region.length : end);
+    const kept = removeFields(header, remove);
+    const replacement = new Uint8Array(insert.length + kept.length);
+    replacement.set(insert);
+    replacement.set(kept, insert.length);
+    await this.#splice(reader, header.length, replacement);
+    this.#lines += countLines(replacement) - countLines(header);
+  }
+
+  // Replaces `length` octets at the insertion point with `replacement`, on disk.
+  async #splice(reader: Deno.FsFile, length: number, replacement: Uint8Array): Promise<void> {
+    const tailStart = this.#insertAt + length;
+    const shift = replacement.length - length;
+    const chunk = new Uint8Array(Math.min(MOVE_CHUNK, Math.max(1, this.#size - tailStart)));
+    if (shift > 0) {
+      // Growing: from the end backwards, so nothing is overwritten before it moved.
+      for (let end = this.#size; end > tailStart;) {
+        const start = Math.max(tailStart, end - chunk.length);
+        const part = await readAt(reader, start, end - start, chunk);
+        await this.#file.seek(start + shift, Deno.SeekMode.Start);
+        await writeAll(this.#file, part);
+        end = start;
+      }
+    } else if (shift < 0) {
+      for (let start = tailStart; start < this.#size;) {
+        const end = Math.min(this.#size, start + chunk.length);
+        const part = await readAt(reader, start, end - start, chunk);
+        await this.#file.seek(start + shift, Deno.SeekMode.Start);
+        await writeAll(this.#file, part);
+        start = end;
+      }
+      await this.#file.truncate(this.#size + shift);
+    }
+    await this.#file.seek(this.#insertAt, Deno.SeekMode.Start);
+    await writeAll(this.#file, replacement);
+    this.#size += shift;
+    this.#written = this.#size;
+    await this.#file.seek(0, Deno.SeekMode.End);
   }
 
   // Most messages are still whole in the buffer: the insert is spliced in
@@ -257,6 +314,73 @@ export class MaildirFile {
 }
 
 const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
+// Where the header section ends (after its last field's LF, before the empty line), or -1.
+function headerEnd(region: Uint8Array): number {
+  if (region[0] === LF) return 0;
+  for (
+    let at = region.indexOf(LF);
+    at !== -1 && at + 1 < region.length;
+    at = region.indexOf(LF, at + 1)
+  ) {
+    if (region[at + 1] === LF) return at + 1;
+  }
+  return -1;
+}
+
+/**
+ * A field of the message's header to remove: by lower-case name, every one
+ * (`occurrence` 0), the n-th (1, 2, ...) or the n-th from the end (-1, ...),
+ * as rspamd's `milter.remove_headers` asks.
+ */
+export interface FieldRemoval {
+  readonly name: string;
+  readonly occurrence: number;
+}
+
+/** The header section (fields ending in LF) without the fields `remove` names. */
+export function removeFields(header: Uint8Array, remove: readonly FieldRemoval[]): Uint8Array {
+  // One character per octet and back (TextDecoder's "latin1" is windows-1252,
+  // which would not give every octet back): 8-bit fields survive.
+  let text = "";
+  for (let at = 0; at < header.length; at += 0x8000) {
+    text += String.fromCharCode(...header.subarray(at, at + 0x8000));
+  }
+  const endsWithLf = text.endsWith("\n");
+  const fields = (endsWithLf ? text.slice(0, -1) : text).split(/\n(?![ \t])/);
+  const names = fields.map((field) =>
+    field.slice(0, Math.max(0, field.indexOf(":"))).trim().toLowerCase()
+  );
+  const dropped = new Set<number>();
+  for (const { name, occurrence } of remove) {
+    const indexes = names.flatMap((candidate, i) => candidate === name ? [i] : []);
+    if (occurrence === 0) indexes.forEach((i) => dropped.add(i));
+    else {
+      const index = occurrence > 0 ? indexes[occurrence - 1] : indexes[indexes.length + occurrence];
+      if (index !== undefined) dropped.add(index);
+    }
+  }
+  if (dropped.size === 0) return header;
+  const kept = fields.filter((_, i) => !dropped.has(i)).map((field) => `${field}\n`).join("")
+    .slice(0, endsWithLf ? undefined : -1);
+  return Uint8Array.from(kept, (char) => char.charCodeAt(0));
+}
+
+async function readAt(
+  file: Deno.FsFile,
+  at: number,
+  length: number,
+  into: Uint8Array = new Uint8Array(length),
+): Promise<Uint8Array> {
+  const part = into.subarray(0, length);
+  await file.seek(at, Deno.SeekMode.Start);
+  for (let read = 0; read < length;) {
+    const n = await file.read(part.subarray(read));
+    if (n === null) throw new Error("the message file is shorter than what was written");
+    read += n;
+  }
+  return part;
+}
 // Moving a large message's tail to make room for inserted header fields.
 const MOVE_CHUNK = 1024 * 1024;
 

@@ -12,6 +12,7 @@
 import type { Reply } from "../../protocol/replies.ts";
 import type { Envelope } from "../envelope.ts";
 import type { FieldPredicate } from "../header_filter.ts";
+import type { FieldRemoval } from "../../maildir/maildir.ts";
 import type { Disposition } from "../targets/target.ts";
 
 /** What a check found, beside its decision: for the log line and the hooks. */
@@ -25,10 +26,21 @@ export interface Findings {
 /** What one check decided about one message. */
 export type Verdict =
   & (
-    /** Store it; `headerFields` (LF-terminated lines) go above the message. */
-    | { readonly action: "accept"; readonly headerFields?: string }
+    /**
+     * Store it; `headerFields` (LF-terminated lines) go above the message,
+     * and the fields `removeFields` names leave its header.
+     */
+    | {
+      readonly action: "accept";
+      readonly headerFields?: string;
+      readonly removeFields?: readonly FieldRemoval[];
+    }
     /** Store it in each recipient's Junk folder. */
-    | { readonly action: "junk"; readonly headerFields?: string }
+    | {
+      readonly action: "junk";
+      readonly headerFields?: string;
+      readonly removeFields?: readonly FieldRemoval[];
+    }
     /** Store nothing and answer with `reply` (a 4xx asks the sender to retry, a 5xx refuses). */
     | { readonly action: "refuse"; readonly reply: Reply; readonly reason: string }
   )
@@ -76,12 +88,17 @@ export function decide(
 ): Decision {
   let headerFields = "";
   let junk = false;
+  const removeFields: FieldRemoval[] = [];
   for (const { check, verdict } of verdicts) {
     if (verdict.action === "refuse") {
       return { kind: "refuse", check, reply: verdict.reply, reason: verdict.reason };
     }
     headerFields += verdict.headerFields ?? "";
+    removeFields.push(...verdict.removeFields ?? []);
     if (verdict.action === "junk") junk = true;
   }
-  return { kind: "store", disposition: { headerFields, junk } };
+  return {
+    kind: "store",
+    disposition: { headerFields, junk, ...(removeFields.length > 0 ? { removeFields } : {}) },
+  };
 }

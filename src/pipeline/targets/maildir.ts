@@ -133,7 +133,7 @@ class MaildirTransaction implements TargetTransaction {
       // new/ after the clean-up.
       await settleAll(this.#copies.map(async (copy, i) => {
         if (into[i] !== copy.maildir) await ensureMaildir(into[i], true, this.#owner);
-        const path = await copy.file!.commit(insert, into[i]);
+        const path = await copy.file!.commit(insert, into[i], disposition.removeFields);
         stored[i] = { maildir: into[i], path, recipients: copy.recipients };
       }));
       await Promise.all([...new Set(into.map((dir) => `${dir}/new`))].map(syncDirectoryShared));

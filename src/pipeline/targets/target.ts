@@ -9,6 +9,7 @@
  */
 
 import type { Address } from "../../protocol/address.ts";
+import type { FieldRemoval } from "../../maildir/maildir.ts";
 import type { Envelope } from "../envelope.ts";
 
 /** What the checks decided, as the target applies it at commit. */
@@ -17,6 +18,8 @@ export interface Disposition {
   readonly headerFields: string;
   /** True when the message goes to each recipient's Junk folder instead of the inbox. */
   readonly junk: boolean;
+  /** Fields of the message's own header to take out (rspamd's remove_headers, a rewritten Subject). */
+  readonly removeFields?: readonly FieldRemoval[];
 }
 
 /** One stored copy of a message. */
