@@ -15,6 +15,7 @@ import { checkHooks } from "./hooks/startup.ts";
 import { missingDnsPermission, Resolver } from "./dns/resolver.ts";
 import { AuthenticationCheck } from "./pipeline/checks/authentication.ts";
 import type { Check } from "./pipeline/checks/check.ts";
+import { RspamdCheck } from "./pipeline/checks/rspamd.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
@@ -191,6 +192,28 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
         new Resolver(dnsServer),
         policy,
         metrics && ((method, result) => metrics.authentication.inc({ method, result })),
+      ),
+    );
+  }
+  if (config.rspamd) {
+    const url = new URL(config.rspamd.url);
+    const host = `${url.hostname}:${url.port || (url.protocol === "https:" ? 443 : 80)}`;
+    if ((await Deno.permissions.query({ name: "net", host })).state !== "granted") {
+      throw new ConfigError(
+        `Cannot use --rspamd ${JSON.stringify(config.rspamd.url)}: ${
+          grantSentence("net", host, "RSPAMD_HOSTS")
+        }`,
+      );
+    }
+    checks.push(
+      new RspamdCheck(
+        {
+          ...config.rspamd,
+          hostname: config.hostname,
+          ownAuthenticationResults: config.authentication !== undefined,
+        },
+        log("rspamd"),
+        metrics && ((action) => metrics.rspamdActions.inc({ action })),
       ),
     );
   }

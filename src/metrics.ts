@@ -130,6 +130,10 @@ export class Metrics {
     "letterbox_authentication_results_total",
     "Sender authentication results, by method (spf, dkim, dmarc, arc) and result.",
   );
+  readonly rspamdActions = new Counter(
+    "letterbox_rspamd_actions_total",
+    "rspamd's action for each message (unchecked: too large, or rspamd failed).",
+  );
   readonly earlyTalkers = new Counter(
     "letterbox_early_talkers_total",
     "Clients that talked before the greeting (--greet-delay) and were closed.",
@@ -188,6 +192,7 @@ export class Metrics {
       this.deliverySeconds,
       this.recipientsPerMessage,
       this.authentication,
+      this.rspamdActions,
       this.earlyTalkers,
       this.timeouts,
       this.hookJobs,

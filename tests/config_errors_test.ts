@@ -38,6 +38,18 @@ const CASES: [string, string[], Record<string, string>, RegExp][] = [
     /^letterbox: Cannot authenticate senders: Letterbox may not connect to \S+:53; .*make build DNS_SERVERS=/,
   ],
   [
+    "a bad --rspamd URL",
+    ["--rspamd", "127.0.0.1:11333"],
+    {},
+    /^letterbox: Cannot use --rspamd "127\.0\.0\.1:11333": write the worker's http:\/\/ URL, e\.g\. http:\/\/127\.0\.0\.1:11333$/,
+  ],
+  [
+    "an rspamd it may not reach",
+    ["--authentication", "off", "--rspamd", "http://192.0.2.9:11333"],
+    {},
+    /^letterbox: Cannot use --rspamd "http:\/\/192\.0\.2\.9:11333": Letterbox may not connect to 192\.0\.2\.9:11333; .*make build RSPAMD_HOSTS=192\.0\.2\.9:11333$/,
+  ],
+  [
     "a bad --dns-server",
     ["--dns-server", "dns.example"],
     {},

@@ -71,6 +71,15 @@ export interface Config {
     readonly dnsServer?: NameServer;
     readonly policy: AuthenticationPolicy;
   };
+  /** rspamd as the content filter, when `--rspamd` names its worker. */
+  readonly rspamd?: {
+    readonly url: string;
+    /** Milliseconds. */
+    readonly timeout: number;
+    readonly concurrency: number;
+    readonly fail: "open" | "tempfail";
+    readonly maxSize: number;
+  };
   /** Where to serve Prometheus metrics and /healthz, when wanted. */
   readonly metrics?: ListenAddress;
   /** The recipients file, when there is one. */
@@ -352,6 +361,20 @@ export function parseConfig(
   }
   const maildirRoot = maildirRootOf(maildir);
   const metrics = text("metrics");
+  const rspamdText = text("rspamd");
+  if (rspamdText !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(rspamdText);
+    } catch { /* said below */ }
+    if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      throw problem(
+        givenOf("rspamd"),
+        rspamdText,
+        "write the worker's http:// URL, e.g. http://127.0.0.1:11333",
+      );
+    }
+  }
   const dnsServerText = text("dnsServer");
   const dnsServer = dnsServerText === undefined ? undefined : parseNameServer(dnsServerText);
   if (typeof dnsServer === "string") throw problem(givenOf("dnsServer"), dnsServerText!, dnsServer);
@@ -404,6 +427,13 @@ export function parseConfig(
           spfFail: choice("spfFail") as AuthenticationPolicy["spfFail"],
           dnsTemperror: choice("dnsTemperror") as AuthenticationPolicy["dnsTemperror"],
         },
+      },
+      rspamd: rspamdText === undefined ? undefined : {
+        url: rspamdText,
+        timeout: number("rspamdTimeout"),
+        concurrency: number("rspamdConcurrency"),
+        fail: choice("rspamdFail") as "open" | "tempfail",
+        maxSize: number("rspamdMaxSize"),
       },
       metrics: metrics === undefined ? undefined : parseListen(metrics, from("metrics")),
       subaddressFolders: switchOn("subaddressFolders"),
