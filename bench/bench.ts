@@ -23,6 +23,16 @@
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
 import { dkimSign } from "mailauth";
+import { startRspamd } from "../tests/_rspamd.ts";
+
+async function haveRspamd(): Promise<boolean> {
+  try {
+    await Deno.stat("/usr/bin/rspamd");
+    return Deno.uid() === 0;
+  } catch {
+    return false;
+  }
+}
 
 const parseArgs = untypedParseArgs as (
   args: string[],
@@ -480,6 +490,31 @@ const maildir = `${work}/Maildir`;
 await Deno.mkdir(maildir);
 const sink = await startSink();
 const authDns = await startAuthDns();
+// rspamd as tests/_rspamd.ts starts it (the DNS-based modules off: no internet here).
+const rspamd = await haveRspamd() ? await startRspamd() : undefined;
+type CheckName = "authentication" | "rspamd";
+/** The checks measured on their own servers beside plain, in every cell. */
+const checkModes: {
+  name: CheckName;
+  args: string[];
+  message(size: number): Promise<Uint8Array>;
+}[] = [
+  ...(authDns
+    ? [{
+      name: "authentication" as const,
+      args: ["--authentication", "on", "--dns-server", `127.0.0.1:${authDns.port}`],
+      // A DKIM-signed message, so that the signature is verified each time.
+      message: (size: number) => authDns.sign(size),
+    }]
+    : []),
+  ...(rspamd
+    ? [{
+      name: "rspamd" as const,
+      args: ["--rspamd", rspamd.url],
+      message: (size: number) => Promise.resolve(wireMessage(size)),
+    }]
+    : []),
+];
 const machine = {
   cpus: navigator.hardwareConcurrency,
   cpu:
@@ -542,14 +577,14 @@ interface Row {
   baselineRatio?: number;
   /** With --baseline: the baseline's server CPU time per message in ms. */
   baselineCpuPerMessage?: number;
-  /** Plain rows: the same cell with sender authentication on, and its ratio to plain. */
-  authentication?: { messagesPerSecond: number; ratio: number; cpuPerMessage: number };
+  /** Plain rows: the same cell with each check on, and its ratio to plain (same rounds). */
+  checks?: Record<string, { messagesPerSecond: number; ratio: number; cpuPerMessage: number }>;
   /** Server CPU time per message in ms, over every slice; the disk loop's own beside it. */
   cpuPerMessage: number;
   diskCpuPerMessage: number;
 }
 
-type Mode = "disk" | "plain" | "tls" | "sink" | "baseline" | "auth";
+type Mode = "disk" | "plain" | "tls" | "sink" | "baseline" | CheckName;
 const rate = (result: LoadResult) => result.messages / result.seconds;
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -596,28 +631,27 @@ for (const size of SIZES) {
     };
     if (BASELINE) await Deno.mkdir(`${cell}/baseline`, { recursive: true });
     const baseline = BASELINE ? await startLetterbox(`${cell}/baseline`, BASELINE) : undefined;
-    // Sender authentication on (local DNS, warm cache), plain, with a DKIM-signed message.
-    if (authDns) await Deno.mkdir(`${cell}/auth`, { recursive: true });
-    const auth = authDns
-      ? await startLetterbox(`${cell}/auth`, ROOT, [
-        "--authentication",
-        "on",
-        "--dns-server",
-        `127.0.0.1:${authDns.port}`,
-      ])
-      : undefined;
-    const signed = authDns ? await authDns.sign(size) : undefined;
+    // Each check on, plain: a server of its own and the message it gets.
+    const checkServers: Partial<Record<CheckName, { server: Started; message: Uint8Array }>> = {};
+    for (const check of checkModes) {
+      await Deno.mkdir(`${cell}/${check.name}`, { recursive: true });
+      checkServers[check.name] = {
+        server: await startLetterbox(`${cell}/${check.name}`, ROOT, check.args),
+        message: await check.message(size),
+      };
+    }
     const modes: Mode[] = ["disk", "plain", "tls"];
     if (sink) modes.push("sink");
     if (baseline) modes.push("baseline");
-    if (auth) modes.push("auth");
+    modes.push(...checkModes.map((check) => check.name));
     const results: Record<Mode, LoadResult[]> = {
       disk: [],
       plain: [],
       tls: [],
       sink: [],
       baseline: [],
-      auth: [],
+      authentication: [],
+      rspamd: [],
     };
     // One unmeasured second of each first: fresh servers compile their hot
     // paths, and fresh directories grow their first blocks (the first
@@ -627,7 +661,9 @@ for (const size of SIZES) {
     await smtpLoad(servers.tls.port, connections, size, true, 1);
     if (sink) await smtpLoad(sink.port, connections, size, false, 1);
     if (baseline) await smtpLoad(baseline.port, connections, size, false, 1);
-    if (auth) await smtpLoad(auth.port, connections, size, false, 1, signed);
+    for (const { server, message } of Object.values(checkServers)) {
+      await smtpLoad(server.port, connections, size, false, 1, message);
+    }
     await new Deno.Command("sync").output();
     for (let round = 0; round < ROUNDS; round++) {
       // The order turns each round, so that no mode always follows the disk loop's flushes.
@@ -639,10 +675,11 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
-        } else if (mode === "auth") {
-          const before = cpuTime(auth!.pid);
-          const result = await smtpLoad(auth!.port, connections, size, false, SECONDS, signed);
-          results.auth.push({ ...result, cpuMs: cpuTime(auth!.pid) - before });
+        } else if (mode === "authentication" || mode === "rspamd") {
+          const { server, message } = checkServers[mode]!;
+          const before = cpuTime(server.pid);
+          const result = await smtpLoad(server.port, connections, size, false, SECONDS, message);
+          results[mode].push({ ...result, cpuMs: cpuTime(server.pid) - before });
         } else if (mode === "baseline") {
           const before = cpuTime(baseline!.pid);
           const result = await smtpLoad(baseline!.port, connections, size, false, SECONDS);
@@ -689,12 +726,12 @@ for (const size of SIZES) {
         baselineCpuPerMessage: mode === "plain" && baseline
           ? cpuPerMessage(results.baseline)
           : undefined,
-        authentication: mode === "plain" && auth
-          ? {
-            messagesPerSecond: median(results.auth.map(rate)),
-            ratio: pairedRatio(results.auth, runs),
-            cpuPerMessage: cpuPerMessage(results.auth),
-          }
+        checks: mode === "plain" && checkModes.length > 0
+          ? Object.fromEntries(checkModes.map(({ name }) => [name, {
+            messagesPerSecond: median(results[name].map(rate)),
+            ratio: pairedRatio(results[name], runs),
+            cpuPerMessage: cpuPerMessage(results[name]),
+          }]))
           : undefined,
         cpuPerMessage: cpuPerMessage(runs),
         diskCpuPerMessage: cpuPerMessage(results.disk),
@@ -723,20 +760,18 @@ for (const size of SIZES) {
               row.baselineRatio.toFixed(2)
             }x), CPU ${row.baselineCpuPerMessage!.toFixed(2)} ms/msg`
             : "") +
-          (row.authentication
-            ? ` | authentication on ${
-              row.authentication.messagesPerSecond.toFixed(0).padStart(6)
-            } msg/s (${row.authentication.ratio.toFixed(2)}x of plain), CPU ${
-              row.authentication.cpuPerMessage.toFixed(2)
-            } ms/msg`
-            : "") +
+          Object.entries(row.checks ?? {}).map(([name, check]) =>
+            ` | ${name} on ${check.messagesPerSecond.toFixed(0).padStart(6)} msg/s (${
+              check.ratio.toFixed(2)
+            }x of plain), CPU ${check.cpuPerMessage.toFixed(2)} ms/msg`
+          ).join("") +
           (row.errors ? ` | ${row.errors} connection errors` : ""),
       );
     }
     await servers.plain.stop();
     await servers.tls.stop();
     await baseline?.stop();
-    await auth?.stop();
+    for (const { server } of Object.values(checkServers)) await server.stop();
   }
   await clearCells(cells);
 }
@@ -815,6 +850,7 @@ async function smtpLoadOnce(port: number, size: number): Promise<void> {
 
 await sink?.stop();
 await authDns?.stop();
+await rspamd?.[Symbol.asyncDispose]();
 await Deno.remove(work, { recursive: true });
 // Written back now, so that the deletions do not slow whatever runs next.
 await new Deno.Command("sync").output();
@@ -854,18 +890,20 @@ const lines = [
   ),
 ];
 // What each check costs, as a ratio to the same cell without it, from the same rounds.
-const checked = rows.filter((row) => row.authentication);
+const checked = rows.filter((row) => row.checks);
 if (checked.length > 0) {
   lines.push(
     "",
     "| connections | size | check | msg/s | vs without (same rounds) | CPU ms/msg (without) |",
     "| --- | --- | --- | --- | --- | --- |",
-    ...checked.map((row) =>
-      `| ${row.connections} | ${sizeName(row.size)} | authentication | ${
-        fixed(row.authentication!.messagesPerSecond, 0)
-      } | ${fixed(row.authentication!.ratio, 2)}x | ${
-        fixed(row.authentication!.cpuPerMessage, 2)
-      } (${fixed(row.cpuPerMessage, 2)}) |`
+    ...checked.flatMap((row) =>
+      Object.entries(row.checks!).map(([name, check]) =>
+        `| ${row.connections} | ${sizeName(row.size)} | ${name} | ${
+          fixed(check.messagesPerSecond, 0)
+        } | ${fixed(check.ratio, 2)}x | ${fixed(check.cpuPerMessage, 2)} (${
+          fixed(row.cpuPerMessage, 2)
+        }) |`
+      )
     ),
   );
 }
