@@ -211,7 +211,9 @@ Deno.test("DMARC p=quarantine that fails goes to Junk, which Dovecot shows as fo
 Deno.test("with the DNS server dead the message is still delivered, with temperror, in bounded time", async () => {
   const dead = await startDns({ txt: {} });
   await dead.stop();
-  for (const [policy, expected] of [["deliver", /^250 /], ["tempfail", /^451 4\.4\.3 /]] as const) {
+  // Both policies at once: each waits out the same timeouts.
+  const policies = [["deliver", /^250 /], ["tempfail", /^451 4\.4\.3 /]] as const;
+  await Promise.all(policies.map(async ([policy, expected]) => {
     const dir = await Deno.makeTempDir({ prefix: "letterbox-auth-" });
     const server = await startServer(
       [
@@ -248,7 +250,7 @@ Deno.test("with the DNS server dead the message is still delivered, with temperr
       await server.stop();
       await Deno.remove(dir, { recursive: true });
     }
-  }
+  }));
   await (dead as unknown as AsyncDisposable)[Symbol.asyncDispose]();
 });
 
