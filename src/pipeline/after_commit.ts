@@ -118,21 +118,24 @@ export class AfterCommit {
       if (result.storageFailed) {
         log.error("Delivery of {id} failed: {error}", { id: envelope.id, error: result.failure });
       }
-      log.info("Message {id} refused: {reply} ({why}){checks}", {
+      const checks = checksSummary(result);
+      log.info(`Message {id} refused: {reply} ({why})${checks ? "; checks {checks}" : ""}`, {
         id: envelope.id,
         reply: formatReply(reply).trimEnd(),
         why: result.failure,
-        checks: checksSummary(result),
+        checks,
       });
       return;
     }
     const ms = Date.now() - envelope.receivedAt.getTime();
+    const checks = checksSummary(result);
     const summary = inspectMessage(result.prefix.bytes(), result.prefix.truncated).then(
       (summary) => {
         log.info(
           "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
             "subject {subject}, from {from}, {attachments} attachments, in {ms} ms; " +
-            "client {client} {helo}, by {transfer}, stored in {folders}{checks}",
+            "client {client} {helo}, by {transfer}, stored in {folders}" +
+            (checks ? "; checks {checks}" : ""),
           {
             id: envelope.id,
             sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
@@ -142,7 +145,7 @@ export class AfterCommit {
             helo: envelope.heloName,
             transfer: envelope.transfer ?? "DATA",
             folders: result.copies.map((copy) => copy.maildir),
-            checks: checksSummary(result),
+            checks,
             size: result.size,
             messageId: summary.messageId,
             subject: summary.subject,
@@ -172,10 +175,9 @@ export class AfterCommit {
   }
 }
 
-// "; authentication spf=pass dkim=pass ..." for the log line, or "" without checks.
+// "authentication spf=pass dkim=pass ...; rspamd action=..." for the log line, or "" without checks.
 function checksSummary(result: EndedMessage): string {
-  const parts = result.verdicts.flatMap(({ check, verdict }) =>
+  return result.verdicts.flatMap(({ check, verdict }) =>
     verdict.findings ? [`${check} ${verdict.findings.log}`] : []
-  );
-  return parts.length === 0 ? "" : `; ${parts.join("; ")}`;
+  ).join("; ");
 }

@@ -21,6 +21,7 @@ import { traceHeaders } from "../trace.ts";
 import type { Disposition, StoredCopy, Target, TargetTransaction } from "./target.ts";
 
 const encoder = new TextEncoder();
+const EMPTY = new Uint8Array(0);
 
 /** The Maildir++ folder junk goes to; Dovecot shows it as "Junk". */
 export const JUNK_FOLDER = ".Junk";
@@ -50,50 +51,64 @@ export class MaildirTarget implements Target {
 
   /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
   async begin(envelope: Envelope): Promise<TargetTransaction> {
-    const byMaildir = new Map<string, Copy>();
-    for (const { recipient, destinations } of envelope.routes) {
-      for (const destination of destinations) {
-        let copy = byMaildir.get(destination.maildir);
-        if (!copy) {
-          byMaildir.set(
-            destination.maildir,
-            copy = {
-              maildir: destination.maildir,
-              folder: destination.folder,
-              recipients: [],
-              mailboxes: [],
-            },
-          );
-        }
-        if (!copy.recipients.includes(recipient)) copy.recipients.push(recipient);
-        if (!copy.mailboxes.includes(destination.mailbox)) copy.mailboxes.push(destination.mailbox);
-      }
-    }
-    const copies = [...byMaildir.values()];
+    const copies = copiesOf(envelope);
     // A 250 must stand for at least one stored copy.
     if (copies.length === 0) {
       throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
     }
     const transaction = new MaildirTransaction(copies, this.#owner);
     try {
-      await settleAll(copies.map(async (copy) => {
-        copy.file = await MaildirFile.create(
-          copy.maildir,
-          this.#hostname,
-          copy.folder,
-          this.#owner,
-        );
-        await copy.file.write(
-          encoder.encode(traceHeaders(envelope, this.#hostname, copy.mailboxes, copy.recipients)),
-        );
-        copy.file.markInsertionPoint();
-      }));
+      if (copies.length === 1) await this.#open(copies[0], envelope);
+      else await settleAll(copies.map((copy) => this.#open(copy, envelope)));
     } catch (error) {
       await transaction.abort();
       throw storageFailure(error);
     }
     return transaction;
   }
+
+  async #open(copy: Copy, envelope: Envelope): Promise<void> {
+    copy.file = await MaildirFile.create(copy.maildir, this.#hostname, copy.folder, this.#owner);
+    await copy.file.write(
+      encoder.encode(traceHeaders(envelope, this.#hostname, copy.mailboxes, copy.recipients)),
+    );
+    copy.file.markInsertionPoint();
+  }
+}
+
+// One copy per distinct Maildir of the routes, with the recipients and final
+// mailboxes it is for. The common case, one route to one Maildir, builds no map.
+function copiesOf(envelope: Envelope): Copy[] {
+  const routes = envelope.routes;
+  if (routes.length === 1 && routes[0].destinations.length === 1) {
+    const [destination] = routes[0].destinations;
+    return [{
+      maildir: destination.maildir,
+      folder: destination.folder,
+      recipients: [routes[0].recipient],
+      mailboxes: [destination.mailbox],
+    }];
+  }
+  const byMaildir = new Map<string, Copy>();
+  for (const { recipient, destinations } of routes) {
+    for (const destination of destinations) {
+      let copy = byMaildir.get(destination.maildir);
+      if (!copy) {
+        byMaildir.set(
+          destination.maildir,
+          copy = {
+            maildir: destination.maildir,
+            folder: destination.folder,
+            recipients: [],
+            mailboxes: [],
+          },
+        );
+      }
+      if (!copy.recipients.includes(recipient)) copy.recipients.push(recipient);
+      if (!copy.mailboxes.includes(destination.mailbox)) copy.mailboxes.push(destination.mailbox);
+    }
+  }
+  return [...byMaildir.values()];
 }
 
 // A copy's Junk folder: beside the inbox, also for a copy bound for a +tag folder.
@@ -125,7 +140,12 @@ class MaildirTransaction implements TargetTransaction {
 
   async commit(disposition: Disposition): Promise<StoredCopy[]> {
     this.#done = true;
-    const insert = encoder.encode(disposition.headerFields);
+    const insert = disposition.headerFields === ""
+      ? EMPTY
+      : encoder.encode(disposition.headerFields);
+    if (this.#copies.length === 1 && !disposition.junk) {
+      return await this.#commitOne(insert, disposition);
+    }
     const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
     const into = this.#copies.map((copy) => disposition.junk ? junkMaildir(copy) : copy.maildir);
     try {
@@ -143,6 +163,21 @@ class MaildirTransaction implements TargetTransaction {
       // follows is honest and the client's retry does not duplicate it.
       await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
       await Promise.all(stored.map((copy) => copy && Deno.remove(copy.path).catch(() => {})));
+      throw storageFailure(error);
+    }
+  }
+
+  // One copy into its own Maildir: the same steps without the bookkeeping of many.
+  async #commitOne(insert: Uint8Array, disposition: Disposition): Promise<StoredCopy[]> {
+    const copy = this.#copies[0];
+    let path: string | undefined;
+    try {
+      path = await copy.file!.commit(insert, copy.maildir, disposition.removeFields);
+      await syncDirectoryShared(`${copy.maildir}/new`);
+      return [{ maildir: copy.maildir, path, recipients: copy.recipients }];
+    } catch (error) {
+      await copy.file?.discard();
+      if (path) await Deno.remove(path).catch(() => {});
       throw storageFailure(error);
     }
   }
