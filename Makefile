@@ -31,6 +31,10 @@ HOOK_HOSTS ?=
 # binary, name the server of the machine it will run on, best a local caching
 # resolver: make build DNS_SERVERS=127.0.0.1:53.
 DNS_SERVERS ?= $(shell awk '$$1 == "nameserver" { print ($$2 ~ /:/ ? "[" $$2 "]" : $$2) ":53" }' /etc/resolv.conf 2>/dev/null | paste -sd, -)
+# The LMTP server when not on loopback (LMTP_HOSTS=10.0.0.7:24), or its Unix
+# socket (LMTP_SOCKETS=/run/dovecot/lmtp).
+LMTP_HOSTS ?=
+LMTP_SOCKETS ?=
 # rspamd's worker when it is not on loopback, e.g. RSPAMD_HOSTS=10.0.0.5:11333.
 RSPAMD_HOSTS ?=
 # Hosts `letterbox check` may probe from the binary, e.g. CHECK_HOSTS=mx.example.com:25,mx.example.com:465.
@@ -48,14 +52,14 @@ CERT_DIR ?= /etc/letterbox
 V8_FLAGS = --v8-flags=--max-semi-space-size=4,--max-old-space-size=1024
 RUN_PERMISSIONS = --allow-net=127.0.0.1$(if $(DNS_SERVERS),$(COMMA)$(DNS_SERVERS)) --allow-read=./Maildir --allow-write=./Maildir \
 	--allow-env --allow-sys=hostname,uid
-BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(DNS_SERVERS),$(COMMA)$(DNS_SERVERS))$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS))$(if $(RSPAMD_HOSTS),$(COMMA)$(RSPAMD_HOSTS))$(if $(CHECK_HOSTS),$(COMMA)$(CHECK_HOSTS)) \
-	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS)) --allow-write=$(MAIL_ROOT) \
+BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(DNS_SERVERS),$(COMMA)$(DNS_SERVERS))$(if $(HOOK_HOSTS),$(COMMA)$(HOOK_HOSTS))$(if $(RSPAMD_HOSTS),$(COMMA)$(RSPAMD_HOSTS))$(if $(LMTP_HOSTS),$(COMMA)$(LMTP_HOSTS))$(if $(CHECK_HOSTS),$(COMMA)$(CHECK_HOSTS)) \
+	$(if $(HOOK_COMMANDS),--allow-run=$(HOOK_COMMANDS)) --allow-read=$(MAIL_ROOT),$(CERT_DIR)$(if $(HOOK_COMMANDS),$(COMMA)$(HOOK_COMMANDS))$(if $(LMTP_SOCKETS),$(COMMA)$(LMTP_SOCKETS)) --allow-write=$(MAIL_ROOT)$(if $(LMTP_SOCKETS),$(COMMA)$(LMTP_SOCKETS)) \
 	--allow-env --allow-sys=hostname,uid
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.
-DEBIAN_PACKAGES = dnsmasq-base rspamd dovecot-imapd dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
-PEERS = /usr/sbin/dnsmasq /usr/bin/rspamd /usr/sbin/dovecot /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
+DEBIAN_PACKAGES = dnsmasq-base rspamd dovecot-imapd dovecot-lmtpd dovecot-sieve dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
+PEERS = /usr/sbin/dnsmasq /usr/bin/rspamd /usr/sbin/dovecot /usr/lib/dovecot/lmtp /usr/lib/dovecot/modules/lib90_sieve_plugin.so /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
 
 # Test files at once. Most of a test's time is spent waiting on sockets and
 # the real servers it starts (rspamd, Postfix, Dovecot, dnsmasq), so twice

@@ -16,6 +16,8 @@ import { missingDnsPermission, Resolver } from "./dns/resolver.ts";
 import { AuthenticationCheck } from "./pipeline/checks/authentication.ts";
 import type { Check } from "./pipeline/checks/check.ts";
 import { RspamdCheck } from "./pipeline/checks/rspamd.ts";
+import { formatLmtpAddress, LmtpPool } from "./lmtp/client.ts";
+import { LmtpTarget } from "./pipeline/targets/lmtp.ts";
 import { LIMITS } from "./limits.ts";
 import { describeError, logger } from "./log.ts";
 import { knownMaildirs, removeStaleTmpFiles } from "./maildir/cleanup.ts";
@@ -218,10 +220,39 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
     );
   }
   const afterCommit = new AfterCommit({ hooks, metrics });
+  let lmtpPool: LmtpPool | undefined;
+  if (config.lmtp) {
+    const { address } = config.lmtp;
+    if (config.hooks.length > 0) {
+      throw new ConfigError(
+        "Cannot use --hook with --lmtp yet: hooks read the stored Maildir copy, and LMTP keeps none here",
+      );
+    }
+    const permission = address.kind === "unix"
+      ? await Deno.permissions.query({ name: "write", path: address.path })
+      : await Deno.permissions.query({ name: "net", host: `${address.hostname}:${address.port}` });
+    if (permission.state !== "granted") {
+      throw new ConfigError(
+        `Cannot use --lmtp ${JSON.stringify(formatLmtpAddress(address))}: ${
+          address.kind === "unix"
+            ? grantSentence("write", address.path, "LMTP_SOCKETS")
+            : grantSentence("net", `${address.hostname}:${address.port}`, "LMTP_HOSTS")
+        }`,
+      );
+    }
+    lmtpPool = new LmtpPool(address, config.hostname, config.lmtp.connections, config.lmtp.timeout);
+  }
+  const target = config.lmtp && lmtpPool
+    ? new LmtpTarget(
+      lmtpPool,
+      { spool: config.lmtp.spool, memoryBytes: LIMITS.lmtpHeldInMemory, hostname: config.hostname },
+      log("lmtp"),
+    )
+    : new MaildirTarget(config.hostname, await fileOwner(maildirRoot));
   const pipeline = new Pipeline(
     router,
     {
-      target: new MaildirTarget(config.hostname, await fileOwner(maildirRoot)),
+      target,
       checks,
       maxMessageSize: config.maxMessageSize,
     },
@@ -283,7 +314,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   for (const warn of warnings) warn();
   serverLog.info("Letterbox {version} ready, delivering to {maildir}", {
     version: VERSION,
-    maildir: config.maildir,
+    maildir: config.lmtp ? `LMTP ${formatLmtpAddress(config.lmtp.address)}` : config.maildir,
   });
 
   let stopped: Promise<void> | undefined;
@@ -300,6 +331,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
         await certificates.close();
         await endpoint?.shutdown();
         await pipeline.settled();
+        lmtpPool?.close();
         await stopHooks();
       })();
       return stopped;

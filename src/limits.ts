@@ -53,6 +53,11 @@ export const LIMITS = {
    * messages are inspected from this prefix only, and the summary says so.
    */
   maxInspectedBytes: 262_144,
+  /**
+   * Octets of a message for LMTP held in memory while it arrives; the rest
+   * waits in a spool file until the checks are done and it is sent.
+   */
+  lmtpHeldInMemory: 262_144,
   /** Header octets postal-mime may read (its maxHeadersSize option). */
   maxInspectedHeaderBytes: 262_144,
   /** MIME nesting postal-mime follows before it stops (its maxNestingDepth option). */

@@ -2,8 +2,17 @@
 
 import { CERTS, REPO, run } from "./_server.ts";
 
+/** What one run of `letterbox check` printed, and a line's status by check name. */
+export interface CheckResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly lines: string[];
+  status(name: string): string | undefined;
+}
+
 /** Runs `main.ts check` as a user would, with the test CA trusted. */
-export async function check(target: string, extra: string[] = []) {
+export async function check(target: string, extra: string[] = []): Promise<CheckResult> {
   const result = await run(Deno.execPath(), [
     "run",
     "-A",

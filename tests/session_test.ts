@@ -250,3 +250,19 @@ Deno.test("BDAT follows RFC 3030: chunks after MAIL and RCPT, refusals keep thei
   assertEquals(talk(s, "DATA"), ["503 5.5.1 Error: BODY=BINARYMIME requires BDAT"]);
   assertEquals(s.handle("BDAT 3 LAST").kind, "chunk");
 });
+
+Deno.test("with a next hop that confirms recipients, RCPT waits for its word and keeps only those it accepts", () => {
+  const s = session({ verifiesRecipients: true });
+  talk(s, "EHLO client.test", "MAIL FROM:<a@b.test>");
+  const first = s.handle("RCPT TO:<alice@example.com>");
+  assert(first.kind === "verify");
+  assertEquals(wire(s.recipientVerified(first.transaction, first.route)), "250 2.1.5 Ok\r\n");
+  const second = s.handle("RCPT TO:<nobody@example.com>");
+  assert(second.kind === "verify");
+  const refusal = { code: 550, enhanced: "5.1.1", lines: ["User doesn't exist"] };
+  assertEquals(
+    wire(s.recipientVerified(second.transaction, second.route, refusal)),
+    "550 5.1.1 User doesn't exist\r\n",
+  );
+  assertEquals(s.transaction?.routes.map((route) => route.recipient.local), ["alice"]);
+});

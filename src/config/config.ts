@@ -12,6 +12,7 @@ import { isDomainName } from "../protocol/address.ts";
 import { maildirRootOf, templateProblem } from "../maildir/template.ts";
 import { type Hook, isHookOption, parseHook, withHookOption } from "../hooks/hook.ts";
 import { type NameServer, parseNameServer } from "../dns/resolver.ts";
+import { type LmtpAddress, parseLmtpAddress } from "../lmtp/client.ts";
 import type { AuthenticationPolicy } from "../pipeline/checks/authentication.ts";
 import type { LOG_LEVELS, LogFormat } from "../log.ts";
 import { envName, helpText, type Setting, type SettingName, SETTINGS } from "./settings.ts";
@@ -70,6 +71,15 @@ export interface Config {
     /** The DNS server to ask; the system's resolver when undefined. */
     readonly dnsServer?: NameServer;
     readonly policy: AuthenticationPolicy;
+  };
+  /** LMTP delivery instead of Maildir, when `--lmtp` names the server. */
+  readonly lmtp?: {
+    readonly address: LmtpAddress;
+    readonly connections: number;
+    /** Milliseconds. */
+    readonly timeout: number;
+    /** Where messages wait while they arrive, past what is held in memory. */
+    readonly spool: string;
   };
   /** rspamd as the content filter, when `--rspamd` names its worker. */
   readonly rspamd?: {
@@ -361,6 +371,9 @@ export function parseConfig(
   }
   const maildirRoot = maildirRootOf(maildir);
   const metrics = text("metrics");
+  const lmtpText = text("lmtp");
+  const lmtpAddress = lmtpText === undefined ? undefined : parseLmtpAddress(lmtpText);
+  if (typeof lmtpAddress === "string") throw problem(givenOf("lmtp"), lmtpText!, lmtpAddress);
   const rspamdText = text("rspamd");
   if (rspamdText !== undefined) {
     let url: URL | undefined;
@@ -427,6 +440,14 @@ export function parseConfig(
           spfFail: choice("spfFail") as AuthenticationPolicy["spfFail"],
           dnsTemperror: choice("dnsTemperror") as AuthenticationPolicy["dnsTemperror"],
         },
+      },
+      lmtp: lmtpAddress === undefined ? undefined : {
+        address: lmtpAddress,
+        connections: number("lmtpConnections"),
+        timeout: number("lmtpTimeout"),
+        spool: maildirRoot === maildir.replace(/\/+$/, "")
+          ? `${maildirRoot}/letterbox-lmtp`
+          : `${maildirRoot}/.letterbox-lmtp`,
       },
       rspamd: rspamdText === undefined ? undefined : {
         url: rspamdText,

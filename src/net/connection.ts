@@ -99,6 +99,8 @@ export class Connection {
   #reader: LineReader;
   #session: Session<Route> | undefined;
   #chunked: ChunkedMessage | undefined;
+  // The transaction the pipeline was last told of, to tell it when it ends.
+  #transaction: Transaction<Route> | undefined;
   #inData = false;
   // Set while a message is read, left set when that read fails: which timeout it was.
   #readingMessage = false;
@@ -148,6 +150,8 @@ export class Connection {
       // A chunked message the client never finished: nothing of it stays.
       await this.#chunked?.message.abort();
       this.#chunked = undefined;
+      if (this.#transaction) await this.#options.pipeline.ended(this.#transaction)?.catch(() => {});
+      this.#transaction = undefined;
       transport.close();
       this.#log.info("Disconnected {peer} after {ms} ms, tls={tls}", {
         peer: transport.remoteAddress,
@@ -183,6 +187,11 @@ export class Connection {
       if (read.kind === "eof") return;
       const session = this.#session;
       let action = read.kind === "too-long" ? session.lineTooLong() : session.handleLine(read.line);
+      if (action.kind === "verify") {
+        // The next hop (LMTP) answers for the recipient before we do.
+        const refusal = await options.pipeline.verify(action.transaction, action.route, this.#log);
+        action = session.recipientVerified(action.transaction, action.route, refusal);
+      }
       // RFC 2920 3.1: the client must wait for the 354 before sending the message.
       // Content already here did not; spamware does that (Postfix's reject_unauth_pipelining).
       if (
@@ -198,7 +207,13 @@ export class Connection {
           reply: formatReply(action.reply).trimEnd(),
         });
       }
-      // RSET, EHLO, MAIL, STARTTLS: a chunked message of an ended transaction is dropped.
+      // RSET, EHLO, MAIL, STARTTLS: what the pipeline holds for an ended transaction goes.
+      if (this.#transaction && session.transaction !== this.#transaction) {
+        const ended = options.pipeline.ended(this.#transaction);
+        if (ended) await ended;
+      }
+      this.#transaction = session.transaction;
+      // A chunked message of an ended transaction is dropped.
       if (this.#chunked && session.transaction !== this.#chunked.transaction) {
         await this.#chunked.message.abort();
         this.#chunked = undefined;
@@ -270,6 +285,7 @@ export class Connection {
     return new Session<Route>({
       ...this.#options.session,
       routeRecipient: (recipient) => pipeline.route(recipient),
+      verifiesRecipients: pipeline.verifiesRecipients,
       secure: this.#transport.tls !== undefined,
       tlsAvailable: this.#options.tlsContext() !== undefined,
     });
@@ -366,6 +382,7 @@ export class Connection {
       smtpUtf8: transaction.smtpUtf8,
       receivedAt: new Date(),
       transfer,
+      transaction,
     };
   }
 

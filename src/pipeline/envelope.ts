@@ -38,6 +38,11 @@ export interface Envelope {
   readonly receivedAt: Date;
   /** How the content came: one DATA section, or BDAT chunks (RFC 3030). */
   readonly transfer?: "DATA" | "BDAT";
+  /**
+   * The SMTP transaction it belongs to: the key under which a target that
+   * confirms recipients at RCPT (LMTP) keeps its session with the next hop.
+   */
+  readonly transaction?: object;
 }
 
 let queueCounter = 0;

@@ -11,7 +11,9 @@
 import type { Logger } from "@logtape/logtape";
 import type { Address } from "../protocol/address.ts";
 import type { Reply } from "../protocol/replies.ts";
-import type { Session } from "../protocol/session.ts";
+import type { Session, Transaction } from "../protocol/session.ts";
+import { formatAddress } from "../protocol/address.ts";
+import { formatReply } from "../protocol/replies.ts";
 import type { AfterCommit } from "./after_commit.ts";
 import type { Envelope } from "./envelope.ts";
 import {
@@ -39,6 +41,43 @@ export class Pipeline {
   /** RCPT: the recipient's route, or the reply that refuses it. */
   route(recipient: Address): Route | Reply {
     return this.#router.route(recipient);
+  }
+
+  /** True when the target confirms each routed recipient with the next hop (LMTP). */
+  get verifiesRecipients(): boolean {
+    return this.#stages.target.verify !== undefined;
+  }
+
+  /** RCPT, after routing: the next hop's refusal, or undefined when it accepts. */
+  async verify(
+    transaction: Transaction<Route>,
+    route: Route,
+    log: Logger,
+  ): Promise<Reply | undefined> {
+    const refusal = await this.#stages.target.verify?.(
+      {
+        transaction,
+        sender: transaction.sender,
+        smtpUtf8: transaction.smtpUtf8,
+        body: transaction.body,
+      },
+      route,
+    );
+    if (refusal) {
+      log.info("The next hop refused {recipient}: {reply}", {
+        recipient: formatAddress(route.recipient),
+        reply: formatReply(refusal).trimEnd(),
+      });
+    }
+    return refusal;
+  }
+
+  /**
+   * The SMTP transaction ended: the target lets go of what it held for it.
+   * Undefined (nothing to wait for) when the target holds nothing.
+   */
+  ended(transaction: Transaction<Route>): Promise<void> | undefined {
+    return this.#stages.target.ended?.(transaction);
   }
 
   /**

@@ -86,7 +86,19 @@ export function traceHeaders(
   const sender = envelope.sender ? formatAddress(envelope.sender) : "";
   let text = `Return-Path: <${headerSafe(sender)}>\n`;
   for (const mailbox of mailboxes) text += `Delivered-To: ${headerSafe(mailbox)}\n`;
-  text += `Received: from ${heloForHeader(envelope.heloName, envelope.smtpUtf8)} (unknown ${
+  return text + receivedHeader(envelope, hostname, recipients);
+}
+
+/**
+ * Our Received line alone, LF-terminated: what goes on top of a message
+ * handed on by LMTP, whose server adds Return-Path and Delivered-To itself.
+ */
+export function receivedHeader(
+  envelope: Envelope,
+  hostname: string,
+  recipients: readonly Address[],
+): string {
+  let text = `Received: from ${heloForHeader(envelope.heloName, envelope.smtpUtf8)} (unknown ${
     addressLiteral(envelope.clientAddress)
   })\n`;
   if (envelope.tls) {

@@ -50,6 +50,12 @@ export interface SessionOptions<R extends RoutedRecipient = RoutedRecipient> {
    * not ours, unknown user, unsafe for a path, ...).
    */
   readonly routeRecipient: (recipient: Address) => R | Reply;
+  /**
+   * True when a routed recipient must still be confirmed by the next hop
+   * (LMTP's RCPT, answered in real time): RCPT then returns a `verify`
+   * action, and {@link Session.recipientVerified} finishes it.
+   */
+  readonly verifiesRecipients?: boolean;
 }
 
 /** What the session keeps of an accepted recipient: the route decided at RCPT. */
@@ -96,6 +102,17 @@ export type Action<R extends RoutedRecipient = RoutedRecipient> =
    * last with {@link Session.finishData}. Without one, they are read and dropped
    * to stay in step with the client, then `reply` (the refusal) is sent.
    */
+  /**
+   * Confirm `route` with the next hop (it passed our own routing), then call
+   * {@link Session.recipientVerified} with the refusal, if any, and send the
+   * reply of the action it returns.
+   */
+  | {
+    readonly kind: "verify";
+    readonly reply: Reply;
+    readonly transaction: Transaction<R>;
+    readonly route: R;
+  }
   | {
     readonly kind: "chunk";
     readonly size: number;
@@ -296,7 +313,21 @@ export class Session<R extends RoutedRecipient = RoutedRecipient> {
     }
     const route = this.#options.routeRecipient(recipient);
     if ("code" in route) return this.#fail(route);
+    if (this.#options.verifiesRecipients) {
+      return { kind: "verify", reply: REPLIES.recipientOk, transaction, route };
+    }
     transaction.routes.push(route);
+    return this.#ok(REPLIES.recipientOk);
+  }
+
+  /**
+   * The next hop's word on a recipient of a `verify` action: undefined
+   * accepts it; a reply refuses it (and counts as an error when it is a 5xx).
+   */
+  recipientVerified(transaction: Transaction<R>, route: R, refusal?: Reply): Action<R> {
+    if (refusal) return refusal.code >= 500 ? this.#fail(refusal) : this.#ok(refusal);
+    // The transaction may have ended meanwhile only if the caller broke the order.
+    if (this.#transaction === transaction) transaction.routes.push(route);
     return this.#ok(REPLIES.recipientOk);
   }
 

@@ -11,6 +11,8 @@
 import type { Address } from "../../protocol/address.ts";
 import type { FieldRemoval } from "../../maildir/maildir.ts";
 import type { Envelope } from "../envelope.ts";
+import type { Reply } from "../../protocol/replies.ts";
+import type { Route } from "../route.ts";
 
 /** What the checks decided, as the target applies it at commit. */
 export interface Disposition {
@@ -46,8 +48,25 @@ export interface TargetTransaction {
   abort(): Promise<void>;
 }
 
+/** What a target that confirms recipients at RCPT is told of the transaction. */
+export interface TransactionStart {
+  /** Identifies the SMTP transaction (the same object as {@link Envelope.transaction}). */
+  readonly transaction: object;
+  readonly sender: Address | null;
+  readonly smtpUtf8: boolean;
+  readonly body?: "7BIT" | "8BITMIME" | "BINARYMIME";
+}
+
 /** Somewhere messages can be stored. */
 export interface Target {
   /** Starts storing one message for the envelope's routes; rejects with a {@link ReplyError}. */
   begin(envelope: Envelope): Promise<TargetTransaction>;
+  /**
+   * Confirms a recipient with the next hop before our RCPT reply (LMTP):
+   * undefined accepts it, a reply refuses it. Targets without it accept
+   * every routed recipient.
+   */
+  verify?(start: TransactionStart, route: Route): Promise<Reply | undefined>;
+  /** The SMTP transaction ended (stored, reset or gone): what was held for it goes. */
+  ended?(transaction: object): Promise<void>;
 }

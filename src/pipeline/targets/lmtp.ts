@@ -1,0 +1,463 @@
+/**
+ * The LMTP target (RFC 2033): messages go to an IMAP server's LMTP service
+ * (Dovecot's), so that its Sieve filters, quotas and indexes see every
+ * delivery and the mail store can live on other machines. As Postfix's
+ * `lmtp` transport and maddy's `target.lmtp` do.
+ *
+ * A session with the LMTP server opens at the first recipient of a
+ * transaction, and each of our RCPT replies waits for the server's own RCPT
+ * (unknown users and full mailboxes are refused at RCPT, with its codes).
+ * The message is held while it arrives (in memory up to a bound, then in a
+ * spool file: checks may still add header fields above it), then sent with
+ * our Received line, dot-stuffed. LMTP answers once per recipient; our 250
+ * comes only when every one of them said 2xx.
+ *
+ * @module
+ */
+
+import type { Logger } from "@logtape/logtape";
+import { type LmtpConnection, LmtpError, type LmtpPool } from "../../lmtp/client.ts";
+import { type FieldRemoval, removeFields } from "../../maildir/maildir.ts";
+import { type Address, formatAddress } from "../../protocol/address.ts";
+import { formatReply, REPLIES, type Reply, reply } from "../../protocol/replies.ts";
+import type { Envelope } from "../envelope.ts";
+import { ReplyError } from "../failure.ts";
+import type { Route } from "../route.ts";
+import { receivedHeader } from "../trace.ts";
+import type {
+  Disposition,
+  StoredCopy,
+  Target,
+  TargetTransaction,
+  TransactionStart,
+} from "./target.ts";
+
+/** Replies of this target. */
+export const LMTP_REPLIES = {
+  unavailable: reply(451, "4.4.1", "Mail store temporarily unavailable, try again later"),
+  partial: reply(
+    451,
+    "4.3.0",
+    "Not every recipient's mail store took the message, try again later",
+  ),
+} as const;
+
+/** One LMTP recipient: a final mailbox of one of our routes. */
+interface Accepted {
+  readonly route: Route;
+  readonly mailbox: string;
+}
+
+/** Our session with the LMTP server for one SMTP transaction. */
+interface Session {
+  readonly connection: LmtpConnection;
+  readonly accepted: Accepted[];
+  /** Set when the session is in use by a message: it is given back after it. */
+  busy: boolean;
+}
+
+/** How the target holds messages before sending them. */
+export interface LmtpOptions {
+  /** Where message content past `memoryBytes` waits (a folder Letterbox may write). */
+  readonly spool: string;
+  /** Content held in memory before it goes to a spool file. */
+  readonly memoryBytes: number;
+  /** Our host name, in the Received line. */
+  readonly hostname: string;
+}
+
+const CRLF = new Uint8Array([0x0d, 0x0a]);
+const encoder = new TextEncoder();
+
+/** Delivers to an LMTP server. */
+export class LmtpTarget implements Target {
+  readonly #pool: LmtpPool;
+  readonly #options: LmtpOptions;
+  readonly #log: Logger;
+  readonly #sessions = new WeakMap<object, Session>();
+
+  /** Delivers through `pool`; logs each recipient's outcome to `log`. */
+  constructor(pool: LmtpPool, options: LmtpOptions, log: Logger) {
+    this.#pool = pool;
+    this.#options = options;
+    this.#log = log;
+  }
+
+  /** RCPT: the LMTP server's RCPT for each final mailbox of the route, before our reply. */
+  async verify(start: TransactionStart, route: Route): Promise<Reply | undefined> {
+    let session = this.#sessions.get(start.transaction);
+    if (!session) {
+      let connection: LmtpConnection;
+      try {
+        connection = await this.#pool.take();
+      } catch (error) {
+        this.#log.warn("LMTP server {server} unavailable: {error}", {
+          server: this.#pool.name,
+          error: describe(error),
+        });
+        return LMTP_REPLIES.unavailable;
+      }
+      const sender = start.sender ? formatAddress(start.sender) : "";
+      const body = start.body === "8BITMIME" && connection.capabilities.has("8BITMIME")
+        ? " BODY=8BITMIME"
+        : "";
+      const mail = await connection.command(`MAIL FROM:<${sender}>${body}`).catch(() => undefined);
+      if (!mail || mail.code !== 250) {
+        await this.#pool.give(connection);
+        return mail ? relayed(mail) : LMTP_REPLIES.unavailable;
+      }
+      session = { connection, accepted: [], busy: false };
+      this.#sessions.set(start.transaction, session);
+    }
+    const mailboxes = [...new Set(route.destinations.map((destination) => destination.mailbox))];
+    let refusal: Reply | undefined;
+    let accepted = 0;
+    for (const mailbox of mailboxes) {
+      let answer: Reply;
+      try {
+        answer = await session.connection.command(`RCPT TO:<${mailbox}>`);
+      } catch (error) {
+        this.#log.warn("LMTP server {server} failed at RCPT: {error}", {
+          server: this.#pool.name,
+          error: describe(error),
+        });
+        return LMTP_REPLIES.unavailable;
+      }
+      if (answer.code >= 200 && answer.code < 300) {
+        session.accepted.push({ route, mailbox });
+        accepted++;
+      } else {
+        refusal ??= relayed(answer);
+        this.#log.info("LMTP refused {mailbox}: {reply}", {
+          mailbox,
+          reply: formatReply(answer).trimEnd(),
+        });
+      }
+    }
+    // An alias is accepted when one of its mailboxes is; the others are logged.
+    return accepted > 0 ? undefined : refusal;
+  }
+
+  /** The transaction ended: its session goes back to the pool (after RSET). */
+  async ended(transaction: object): Promise<void> {
+    const session = this.#sessions.get(transaction);
+    if (!session || session.busy) return;
+    this.#sessions.delete(transaction);
+    await this.#pool.give(session.connection);
+  }
+
+  begin(envelope: Envelope): Promise<TargetTransaction> {
+    const session = envelope.transaction ? this.#sessions.get(envelope.transaction) : undefined;
+    if (!session || session.accepted.length === 0) {
+      return Promise.reject(
+        new ReplyError(REPLIES.localError, `message ${envelope.id} has no LMTP recipient`),
+      );
+    }
+    session.busy = true;
+    const release = async () => {
+      session.busy = false;
+      if (envelope.transaction) this.#sessions.delete(envelope.transaction);
+      await this.#pool.give(session.connection);
+    };
+    return Promise.resolve(
+      new LmtpTransaction(envelope, session, this.#options, this.#log, this.#pool.name, release),
+    );
+  }
+}
+
+class LmtpTransaction implements TargetTransaction {
+  readonly #envelope: Envelope;
+  readonly #session: Session;
+  readonly #options: LmtpOptions;
+  readonly #log: Logger;
+  readonly #server: string;
+  readonly #release: () => Promise<void>;
+  #memory: Uint8Array[] = [];
+  #memoryBytes = 0;
+  #file: Deno.FsFile | undefined;
+  #path: string | undefined;
+  #done = false;
+
+  constructor(
+    envelope: Envelope,
+    session: Session,
+    options: LmtpOptions,
+    log: Logger,
+    server: string,
+    release: () => Promise<void>,
+  ) {
+    this.#envelope = envelope;
+    this.#session = session;
+    this.#options = options;
+    this.#log = log;
+    this.#server = server;
+    this.#release = release;
+  }
+
+  async write(content: Uint8Array): Promise<void> {
+    if (!this.#file && this.#memoryBytes + content.length <= this.#options.memoryBytes) {
+      this.#memory.push(content.slice());
+      this.#memoryBytes += content.length;
+      return;
+    }
+    if (!this.#file) {
+      await Deno.mkdir(this.#options.spool, { recursive: true, mode: 0o700 });
+      this.#path = await Deno.makeTempFile({ dir: this.#options.spool, prefix: "lmtp-" });
+      this.#file = await Deno.open(this.#path, { write: true, read: true });
+      for (const part of this.#memory) await writeAll(this.#file, part);
+      this.#memory = [];
+    }
+    await writeAll(this.#file, content);
+  }
+
+  async commit(disposition: Disposition): Promise<StoredCopy[]> {
+    this.#done = true;
+    const connection = this.#session.connection;
+    const accepted = this.#session.accepted;
+    try {
+      const data = await connection.command("DATA").catch((error) => {
+        throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+      });
+      if (data.code !== 354) throw new ReplyError(relayed(data), `DATA answered ${data.code}`);
+      // Our Received line, then what the checks add; LMTP has no folders, so a
+      // junk verdict is a header field a Sieve rule files (see the README).
+      const recipients = uniqueRecipients(accepted);
+      let top = receivedHeader(this.#envelope, this.#options.hostname, recipients) +
+        disposition.headerFields;
+      if (disposition.junk && !/^X-Spam: Yes$/im.test(disposition.headerFields)) {
+        top += "X-Spam: Yes\n";
+      }
+      const stuffer = new DotStuffer();
+      await connection.write(stuffer.push(encoder.encode(top)));
+      await this.#sendContent(connection, stuffer, disposition.removeFields);
+      await connection.write(stuffer.end());
+      // One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
+      const answers: Reply[] = [];
+      for (let i = 0; i < accepted.length; i++) {
+        answers.push(
+          await connection.reply().catch((error) => {
+            throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+          }),
+        );
+      }
+      return this.#outcome(answers);
+    } catch (error) {
+      if (error instanceof ReplyError) throw error;
+      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+    } finally {
+      await this.#cleanUp();
+      await this.#release();
+    }
+  }
+
+  #outcome(answers: Reply[]): StoredCopy[] {
+    const accepted = this.#session.accepted;
+    const saved = accepted.filter((_, i) => answers[i].code >= 200 && answers[i].code < 300);
+    for (let i = 0; i < accepted.length; i++) {
+      this.#log.info("LMTP {server} for {mailbox} of {id}: {reply}", {
+        server: this.#server,
+        mailbox: accepted[i].mailbox,
+        id: this.#envelope.id,
+        reply: formatReply(answers[i]).trimEnd(),
+      });
+    }
+    if (saved.length === accepted.length) {
+      return accepted.map((recipient, i) => ({
+        maildir: `lmtp:${this.#server}`,
+        // The server's own queue id: "<alice@example.com> ID Saved" in Dovecot's words.
+        path: answers[i].lines.join(" "),
+        recipients: [recipient.route.recipient],
+      }));
+    }
+    const failed = answers.filter((answer) => answer.code < 200 || answer.code >= 300);
+    const allPermanent = saved.length === 0 && failed.every((answer) => answer.code >= 500);
+    if (saved.length > 0) {
+      // The sender retries the whole message: these will get it twice.
+      this.#log.warn(
+        "LMTP saved {id} for {saved} but not for {failed}: 451, and the retry duplicates it for the first",
+        {
+          id: this.#envelope.id,
+          saved: saved.map((recipient) => recipient.mailbox),
+          failed: accepted.filter((_, i) => answers[i].code >= 300).map((r) => r.mailbox),
+        },
+      );
+    }
+    throw new ReplyError(
+      allPermanent ? relayed(failed[0]) : LMTP_REPLIES.partial,
+      `LMTP answered ${answers.map((answer) => answer.code).join(", ")}`,
+    );
+  }
+
+  // The held content, CRLF line ends and dot-stuffed, with the fields the checks removed gone.
+  async #sendContent(
+    connection: LmtpConnection,
+    stuffer: DotStuffer,
+    remove: readonly FieldRemoval[] | undefined,
+  ): Promise<void> {
+    let edit = remove && remove.length > 0 ? new HeaderEditor(remove) : undefined;
+    const send = async (part: Uint8Array) => {
+      if (edit) {
+        const edited = edit.push(part);
+        if (edited.done) edit = undefined;
+        for (const piece of edited.out) await connection.write(stuffer.push(piece));
+        return;
+      }
+      await connection.write(stuffer.push(part));
+    };
+    if (!this.#file) {
+      for (const part of this.#memory) await send(part);
+    } else {
+      await this.#file.seek(0, Deno.SeekMode.Start);
+      const chunk = new Uint8Array(65_536);
+      for (;;) {
+        const n = await this.#file.read(chunk);
+        if (n === null) break;
+        await send(chunk.subarray(0, n));
+      }
+    }
+    if (edit) { for (const piece of edit.end()) await connection.write(stuffer.push(piece)); }
+  }
+
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    await this.#cleanUp();
+    await this.#release();
+  }
+
+  async #cleanUp(): Promise<void> {
+    this.#memory = [];
+    if (this.#file) {
+      try {
+        this.#file.close();
+      } catch { /* closed */ }
+      this.#file = undefined;
+    }
+    if (this.#path) await Deno.remove(this.#path).catch(() => {});
+  }
+}
+
+/**
+ * LF-terminated content -> CRLF line ends, with a leading dot doubled
+ * (RFC 5321 4.5.2), across piece boundaries; `end()` finishes the last line
+ * and adds the end-of-data marker.
+ */
+export class DotStuffer {
+  #atLineStart = true;
+
+  /** Converts one piece. */
+  push(piece: Uint8Array): Uint8Array {
+    let extra = 0;
+    let start = this.#atLineStart;
+    for (let i = 0; i < piece.length; i++) {
+      if (start && piece[i] === 0x2e) extra++;
+      if (piece[i] === 0x0a) extra++;
+      start = piece[i] === 0x0a;
+    }
+    const out = new Uint8Array(piece.length + extra);
+    let o = 0;
+    for (let i = 0; i < piece.length; i++) {
+      const byte = piece[i];
+      if (this.#atLineStart && byte === 0x2e) out[o++] = 0x2e;
+      if (byte === 0x0a) out[o++] = 0x0d;
+      out[o++] = byte;
+      this.#atLineStart = byte === 0x0a;
+    }
+    return out;
+  }
+
+  /** The end of data: CRLF first when the content did not end with one, then ".CRLF". */
+  end(): Uint8Array {
+    const tail = encoder.encode(".\r\n");
+    if (this.#atLineStart) return tail;
+    const out = new Uint8Array(CRLF.length + tail.length);
+    out.set(CRLF);
+    out.set(tail, CRLF.length);
+    return out;
+  }
+}
+
+/** Holds the header section (bounded), takes out the named fields, then passes everything on. */
+class HeaderEditor {
+  readonly #remove: readonly FieldRemoval[];
+  #held: Uint8Array[] = [];
+  #heldBytes = 0;
+
+  constructor(remove: readonly FieldRemoval[]) {
+    this.#remove = remove;
+  }
+
+  push(part: Uint8Array): { out: Uint8Array[]; done: boolean } {
+    this.#held.push(part.slice());
+    this.#heldBytes += part.length;
+    const joined = concat(this.#held);
+    const end = headerEndOf(joined);
+    if (end === -1 && this.#heldBytes < 262_144) return { out: [], done: false };
+    this.#held = [];
+    // A header too long to hold is passed on as it is.
+    if (end === -1) return { out: [joined], done: true };
+    return {
+      out: [removeFields(joined.subarray(0, end), this.#remove), joined.subarray(end)],
+      done: true,
+    };
+  }
+
+  end(): Uint8Array[] {
+    const joined = concat(this.#held);
+    this.#held = [];
+    return joined.length === 0 ? [] : [removeFields(joined, this.#remove)];
+  }
+}
+
+function headerEndOf(bytes: Uint8Array): number {
+  if (bytes[0] === 0x0a) return 0;
+  for (
+    let at = bytes.indexOf(0x0a);
+    at !== -1 && at + 1 < bytes.length;
+    at = bytes.indexOf(0x0a, at + 1)
+  ) {
+    if (bytes[at + 1] === 0x0a) return at + 1;
+  }
+  return -1;
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const joined = new Uint8Array(length);
+  let offset = 0;
+  for (const part of parts) {
+    joined.set(part, offset);
+    offset += part.length;
+  }
+  return joined;
+}
+
+function uniqueRecipients(accepted: readonly Accepted[]): Address[] {
+  const recipients: Address[] = [];
+  for (const { route } of accepted) {
+    if (!recipients.includes(route.recipient)) recipients.push(route.recipient);
+  }
+  return recipients;
+}
+
+/**
+ * The LMTP server's reply as ours: its code and enhanced code (550 5.1.1
+ * unknown user, 552 5.2.2 mailbox full), its text; a code outside 4xx/5xx
+ * (a broken server) becomes our 451.
+ */
+function relayed(answer: Reply): Reply {
+  if (answer.code < 400 || answer.code > 599) return LMTP_REPLIES.unavailable;
+  const enhanced = answer.enhanced ?? (answer.code >= 500 ? "5.0.0" : "4.0.0");
+  return reply(answer.code, enhanced, answer.lines[0] || "Refused by the mail store");
+}
+
+function describe(error: unknown): string {
+  return error instanceof LmtpError || error instanceof Error ? error.message : String(error);
+}
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) offset += await file.write(bytes.subarray(offset));
+}
