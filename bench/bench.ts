@@ -12,7 +12,7 @@
  * a round: neighbours in time, not best against best.
  *
  * Usage: deno run -A bench/bench.ts [--seconds 2] [--rounds 5] [--quick]
- *        [--only CxS] [--out FILE] [--baseline DIR]
+ *        [--only CxS] [--out FILE] [--baseline DIR] [--no-checks]
  *
  * --baseline DIR runs a second Letterbox from another checkout (e.g. a git
  * worktree of the previous commit) in the same alternating rounds, plain
@@ -40,7 +40,7 @@ const parseArgs = untypedParseArgs as (
 ) => Record<string, unknown>;
 const flags = parseArgs(Deno.args, {
   string: ["seconds", "rounds", "out", "only", "server-v8-flags", "baseline"],
-  boolean: ["quick"],
+  boolean: ["quick", "no-checks"],
   default: { seconds: "2", rounds: "5" },
 });
 // --only 64x1024 limits the run to one cell (connections x size), for experiments.
@@ -489,9 +489,11 @@ const work = await Deno.makeTempDir({ prefix: "letterbox-bench-" });
 const maildir = `${work}/Maildir`;
 await Deno.mkdir(maildir);
 const sink = await startSink();
-const authDns = await startAuthDns();
+// --no-checks leaves out the rows with checks on (for before/after runs of the plain path).
+const CHECKS = flags["no-checks"] !== true;
+const authDns = CHECKS ? await startAuthDns() : undefined;
 // rspamd as tests/_rspamd.ts starts it (the DNS-based modules off: no internet here).
-const rspamd = await haveRspamd() ? await startRspamd() : undefined;
+const rspamd = CHECKS && await haveRspamd() ? await startRspamd() : undefined;
 type CheckName = "authentication" | "rspamd";
 /** The checks measured on their own servers beside plain, in every cell. */
 const checkModes: {
