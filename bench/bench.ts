@@ -22,7 +22,8 @@
  */
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
-import { dkimSign } from "mailauth";
+import { dkimSigned, makeDkimKey } from "../tests/_dkim.ts";
+import { startDns } from "../tests/_dns.ts";
 import { startRspamd } from "../tests/_rspamd.ts";
 
 async function haveRspamd(): Promise<boolean> {
@@ -414,71 +415,21 @@ async function startAuthDns(): Promise<
   } catch {
     return undefined;
   }
-  const keys = await crypto.subtle.generateKey(
-    {
-      name: "RSASSA-PKCS1-v1_5",
-      modulusLength: 2048,
-      publicExponent: new Uint8Array([1, 0, 1]),
-      hash: "SHA-256",
+  const key = await makeDkimKey();
+  const dns = await startDns({
+    txt: {
+      "load.test": "v=spf1 ip4:127.0.0.1 -all",
+      "sel._domainkey.load.test": key.record,
+      "_dmarc.load.test": "v=DMARC1; p=none",
     },
-    true,
-    ["sign", "verify"],
-  ) as CryptoKeyPair;
-  const base64 = (bytes: ArrayBuffer) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
-  const privateKey = `-----BEGIN PRIVATE KEY-----\n${
-    base64(await crypto.subtle.exportKey("pkcs8", keys.privateKey)).replace(/.{64}/g, "$&\n")
-  }\n-----END PRIVATE KEY-----\n`;
-  const record = `v=DKIM1; k=rsa; p=${
-    base64(await crypto.subtle.exportKey("spki", keys.publicKey))
-  }`;
-  const strings = record.match(/.{1,250}/g)!.map((part) => JSON.stringify(part)).join(",");
-  const dir = await Deno.makeTempDir({ prefix: "letterbox-bench-dns-" });
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (probe.addr as Deno.NetAddr).port;
-  probe.close();
-  await Deno.writeTextFile(
-    `${dir}/dnsmasq.conf`,
-    [
-      `port=${port}`,
-      "listen-address=127.0.0.1",
-      "bind-interfaces",
-      "no-resolv",
-      "no-hosts",
-      "local=/test/",
-      `txt-record=load.test,"v=spf1 ip4:127.0.0.1 -all"`,
-      `txt-record=sel._domainkey.load.test,${strings}`,
-      `txt-record=_dmarc.load.test,"v=DMARC1; p=none"`,
-    ].join("\n") + "\n",
-  );
-  const child = new Deno.Command("/usr/sbin/dnsmasq", {
-    args: ["-k", "-C", `${dir}/dnsmasq.conf`, "-u", "nobody", "--pid-file="],
-    stdout: "null",
-    stderr: "null",
-    stdin: "null",
-  }).spawn();
-  for (let i = 0; i < 100; i++) {
-    try {
-      await Deno.resolveDns("load.test", "TXT", {
-        nameServer: { ipAddr: "127.0.0.1", port },
-        signal: AbortSignal.timeout(200),
-      });
-      break;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
+  });
   return {
-    ...started(child, port, () => Deno.remove(dir, { recursive: true })),
+    port: dns.port,
+    pid: 0,
+    stop: async () => await dns[Symbol.asyncDispose](),
     async sign(size: number): Promise<Uint8Array> {
       const text = decoder.decode(wireMessage(size)).slice(0, -3); // without ".\r\n"
-      const result = await dkimSign(
-        text,
-        {
-          canonicalization: "relaxed/relaxed",
-          signatureData: [{ signingDomain: "load.test", selector: "sel", privateKey }],
-        } as unknown as Parameters<typeof dkimSign>[1],
-      );
-      return encoder.encode(result.signatures + text + ".\r\n");
+      return encoder.encode(await dkimSigned(key, "load.test", text) + ".\r\n");
     },
   };
 }

@@ -4,30 +4,15 @@
  * by Python's smtplib from 127.0.0.1 (allowed by SPF) or 127.0.0.2 (not).
  */
 
-import { dkimSign } from "mailauth";
+import { dkimSigned, makeDkimKey } from "./_dkim.ts";
 import { startDns } from "./_dns.ts";
 import { type Dovecot, imapFolders, startDovecot } from "./_dovecot.ts";
 import { newFiles, readMessages, run, startServer } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
 // One key for every test domain, made fresh for this run.
-const keys = await crypto.subtle.generateKey(
-  {
-    name: "RSASSA-PKCS1-v1_5",
-    modulusLength: 2048,
-    publicExponent: new Uint8Array([1, 0, 1]),
-    hash: "SHA-256",
-  },
-  true,
-  ["sign", "verify"],
-) as CryptoKeyPair;
-const base64 = (bytes: ArrayBuffer) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
-const privateKey = `-----BEGIN PRIVATE KEY-----\n${
-  base64(await crypto.subtle.exportKey("pkcs8", keys.privateKey)).replace(/.{64}/g, "$&\n")
-}\n-----END PRIVATE KEY-----\n`;
-const dkimRecord = `v=DKIM1; k=rsa; p=${
-  base64(await crypto.subtle.exportKey("spki", keys.publicKey))
-}`;
+const key = await makeDkimKey();
+const dkimRecord = key.record;
 
 const dns = await startDns({
   txt: {
@@ -47,16 +32,8 @@ function message(from: string, subject: string, extra = ""): string {
     `${extra}\r\nHello from a real signer.\r\n`;
 }
 
-async function signed(domain: string, text: string): Promise<string> {
-  const result = await dkimSign(
-    text,
-    {
-      canonicalization: "relaxed/relaxed",
-      signatureData: [{ signingDomain: domain, selector: "sel", privateKey }],
-    } as unknown as Parameters<typeof dkimSign>[1],
-  );
-  assert(result.signatures, "dkimSign signed nothing");
-  return result.signatures + text;
+function signed(domain: string, text: string): Promise<string> {
+  return dkimSigned(key, domain, text);
 }
 
 // smtplib from a chosen source address; prints the DATA reply's code and text.

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { headerEnd } from "../bytes.ts";
 import { LIMITS } from "../limits.ts";
 
 const DIRECTORY_MODE = 0o700;
@@ -314,19 +315,6 @@ export class MaildirFile {
 }
 
 const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
-
-// Where the header section ends (after its last field's LF, before the empty line), or -1.
-function headerEnd(region: Uint8Array): number {
-  if (region[0] === LF) return 0;
-  for (
-    let at = region.indexOf(LF);
-    at !== -1 && at + 1 < region.length;
-    at = region.indexOf(LF, at + 1)
-  ) {
-    if (region[at + 1] === LF) return at + 1;
-  }
-  return -1;
-}
 
 /**
  * A field of the message's header to remove: by lower-case name, every one

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
+
 /**
  * Whether to drop a field, from its name (lower-case, trimmed) and the start
  * of its value (unfolded, as far as it was held).
@@ -102,7 +104,7 @@ export class HeaderFilter {
   }
 
   #judge(): boolean {
-    const text = decoder.decode(concat(this.#held));
+    const text = decoder.decode(concatBytes(this.#held));
     const colon = text.indexOf(":");
     // Not a field (no colon): left alone, as the parsers downstream will see it.
     if (colon <= 0) return false;
@@ -110,17 +112,4 @@ export class HeaderFilter {
     const value = text.slice(colon + 1).replace(/\n[ \t]*/g, " ").trim();
     return this.#drop(name, value);
   }
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const joined = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
 }

@@ -16,6 +16,7 @@
  */
 
 import type { Logger } from "@logtape/logtape";
+import { concatBytes, headerEnd } from "../../bytes.ts";
 import { type LmtpConnection, LmtpError, type LmtpPool } from "../../lmtp/client.ts";
 import { type FieldRemoval, removeFields } from "../../maildir/maildir.ts";
 import { type Address, formatAddress } from "../../protocol/address.ts";
@@ -390,8 +391,8 @@ class HeaderEditor {
   push(part: Uint8Array): { out: Uint8Array[]; done: boolean } {
     this.#held.push(part.slice());
     this.#heldBytes += part.length;
-    const joined = concat(this.#held);
-    const end = headerEndOf(joined);
+    const joined = concatBytes(this.#held);
+    const end = headerEnd(joined);
     if (end === -1 && this.#heldBytes < 262_144) return { out: [], done: false };
     this.#held = [];
     // A header too long to hold is passed on as it is.
@@ -403,35 +404,10 @@ class HeaderEditor {
   }
 
   end(): Uint8Array[] {
-    const joined = concat(this.#held);
+    const joined = concatBytes(this.#held);
     this.#held = [];
     return joined.length === 0 ? [] : [removeFields(joined, this.#remove)];
   }
-}
-
-function headerEndOf(bytes: Uint8Array): number {
-  if (bytes[0] === 0x0a) return 0;
-  for (
-    let at = bytes.indexOf(0x0a);
-    at !== -1 && at + 1 < bytes.length;
-    at = bytes.indexOf(0x0a, at + 1)
-  ) {
-    if (bytes[at + 1] === 0x0a) return at + 1;
-  }
-  return -1;
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const joined = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
 }
 
 function uniqueRecipients(accepted: readonly Accepted[]): Address[] {
