@@ -108,25 +108,44 @@ imap.login("test", "secret")
 typ, data = imap.select("INBOX")
 `;
 
-const IMAP_FOLDERS = `
-import imaplib, sys, time, json
-${IMAP_LOGIN}folders = {}
+const IMAP_READ = `
+import imaplib, sys, json
+port, user = int(sys.argv[1]), sys.argv[2]
+for attempt in range(50):
+    try:
+        imap = imaplib.IMAP4("127.0.0.1", port)
+        break
+    except OSError:
+        time.sleep(0.1)
+imap.login(user, "secret")
+folders = {}
 typ, listing = imap.list()
 for line in listing:
     name = line.decode().rsplit(' ', 1)[1].strip('"')
     typ, data = imap.select(name, readonly=True)
-    subjects = []
+    messages = []
     for n in range(1, int(data[0]) + 1):
-        typ, fetched = imap.fetch(str(n), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        subjects.append(fetched[0][1].decode().strip()[len("Subject: "):])
-    folders[name] = subjects
+        typ, fetched = imap.fetch(str(n), "(BODY.PEEK[])")
+        messages.append(fetched[0][1].decode("utf-8", "replace"))
+    folders[name] = messages
 print(json.dumps(folders))
 imap.logout()
 `;
 
-/** Every folder Dovecot shows, with the subjects of the messages in each. */
-export async function imapFolders(port: number): Promise<Record<string, string[]>> {
-  const imap = await run("python3", ["-c", IMAP_FOLDERS, String(port)]);
+/** Every folder `user` (password `secret`) sees over IMAP, with each message whole. */
+export async function imapMessages(port: number, user = "test"): Promise<Record<string, string[]>> {
+  const imap = await run("python3", ["-c", `import time\n${IMAP_READ}`, String(port), user]);
   assertEquals(imap.stderr, "");
   return JSON.parse(imap.stdout);
+}
+
+/** Every folder Dovecot shows, with the subjects of the messages in each. */
+export async function imapFolders(port: number): Promise<Record<string, string[]>> {
+  const folders = await imapMessages(port);
+  return Object.fromEntries(
+    Object.entries(folders).map(([name, messages]) => [
+      name,
+      messages.map((message) => /^Subject: ([^\r\n]*)/m.exec(message)?.[1] ?? ""),
+    ]),
+  );
 }

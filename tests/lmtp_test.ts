@@ -10,32 +10,12 @@ import {
   type LmtpDovecot as Dovecot,
   startLmtpDovecot,
 } from "./_lmtp_dovecot.ts";
-import { run, startServer, TestClient } from "./_server.ts";
+import { imapMessages } from "./_dovecot.ts";
+import { startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
-const IMAP_READ = `
-import imaplib, sys, json
-port, user = int(sys.argv[1]), sys.argv[2]
-imap = imaplib.IMAP4("127.0.0.1", port)
-imap.login(user, "secret")
-folders = {}
-typ, listing = imap.list()
-for line in listing:
-    name = line.decode().rsplit(' ', 1)[1].strip('"')
-    typ, data = imap.select(name, readonly=True)
-    messages = []
-    for n in range(1, int(data[0]) + 1):
-        typ, fetched = imap.fetch(str(n), "(BODY.PEEK[])")
-        messages.append(fetched[0][1].decode("utf-8", "replace"))
-    folders[name] = messages
-print(json.dumps(folders))
-imap.logout()
-`;
-
-async function mailbox(dovecot: Dovecot, user: string): Promise<Record<string, string[]>> {
-  const result = await run("python3", ["-c", IMAP_READ, String(dovecot.imapPort), user]);
-  assertEquals(result.stderr, "");
-  return JSON.parse(result.stdout);
+function mailbox(dovecot: Dovecot, user: string): Promise<Record<string, string[]>> {
+  return imapMessages(dovecot.imapPort, user);
 }
 
 async function withLetterbox(

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -149,13 +150,7 @@ export class SmtpClient {
       parts.push(this.#readBuffer.slice(0, result));
       length += result;
     }
-    const bytes = new Uint8Array(length);
-    let offset = 0;
-    for (const part of parts) {
-      bytes.set(part, offset);
-      offset += part.length;
-    }
-    return bytes;
+    return parts.length === 0 ? new Uint8Array(0) : concatBytes(parts);
   }
 
   /** True once the server closed the connection. */
