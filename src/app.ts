@@ -247,7 +247,13 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   const target = config.lmtp && lmtpPool
     ? new LmtpTarget(
       lmtpPool,
-      { spool: config.lmtp.spool, memoryBytes: LIMITS.lmtpHeldInMemory, hostname: config.hostname },
+      {
+        spool: config.lmtp.spool,
+        memoryBytes: LIMITS.lmtpHeldInMemory,
+        hostname: config.hostname,
+        // Without checks nothing changes a message after its start: streamed as it arrives.
+        live: checks.length === 0,
+      },
       log("lmtp"),
     )
     : new MaildirTarget(config.hostname, await fileOwner(maildirRoot));

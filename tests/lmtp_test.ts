@@ -11,6 +11,7 @@ import {
   startLmtpDovecot,
 } from "./_lmtp_dovecot.ts";
 import { imapMessages } from "./_dovecot.ts";
+import { startDns } from "./_dns.ts";
 import { startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
@@ -201,6 +202,39 @@ Deno.test({
         assertEquals((await mailbox(dovecot, "alice")).INBOX.length, 1);
         assertEquals((await mailbox(dovecot, "small")).INBOX, []);
       });
+    } finally {
+      await dovecot.stop();
+      await Deno.remove(dovecot.dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "LMTP with checks on: the message is held, then sent with their fields on top",
+  ignore: !canRunLmtpDovecot,
+  fn: async () => {
+    const dovecot = await startLmtpDovecot();
+    // A DNS server that knows none of the names: every result is "none", at once.
+    await using dns = await startDns({});
+    try {
+      await withLetterbox(
+        dovecot,
+        ["--authentication", "on", "--dns-server", `127.0.0.1:${dns.port}`],
+        async (server) => {
+          const forged = "Authentication-Results: mx.test; dmarc=pass\r\n";
+          const large = `${"z".repeat(76)}\r\n`.repeat(5000); // past what is held in memory
+          const { data } = await transaction(
+            server.port,
+            ["alice@example.com"],
+            message("held", forged, large),
+          );
+          assertMatch(data!, /^250 /);
+          const [stored] = (await mailbox(dovecot, "alice")).INBOX;
+          assertMatch(stored, /\r\nAuthentication-Results: mx\.test;\r\n dkim=none [^]*\r\n spf=none/);
+          assert(!stored.includes("dmarc=pass"), "the forged field is gone");
+          assert(stored.endsWith(large), "the body is whole");
+        },
+      );
     } finally {
       await dovecot.stop();
       await Deno.remove(dovecot.dir, { recursive: true });

@@ -65,6 +65,11 @@ export interface LmtpOptions {
   readonly memoryBytes: number;
   /** Our host name, in the Received line. */
   readonly hostname: string;
+  /**
+   * True when nothing can change the message after its start (no checks):
+   * it is then streamed to the LMTP server as it arrives, not held.
+   */
+  readonly live?: boolean;
 }
 
 const CRLF = new Uint8Array([0x0d, 0x0a]);
@@ -160,6 +165,16 @@ export class LmtpTarget implements Target {
       if (envelope.transaction) this.#sessions.delete(envelope.transaction);
       await this.#pool.give(session.connection);
     };
+    if (this.#options.live) {
+      return LiveLmtpTransaction.start(
+        envelope,
+        session,
+        this.#options,
+        this.#log,
+        this.#pool.name,
+        release,
+      );
+    }
     return Promise.resolve(
       new LmtpTransaction(envelope, session, this.#options, this.#log, this.#pool.name, release),
     );
@@ -216,14 +231,10 @@ class LmtpTransaction implements TargetTransaction {
     const connection = this.#session.connection;
     const accepted = this.#session.accepted;
     try {
-      const data = await connection.command("DATA").catch((error) => {
-        throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
-      });
-      if (data.code !== 354) throw new ReplyError(relayed(data), `DATA answered ${data.code}`);
+      await startData(connection);
       // Our Received line, then what the checks add; LMTP has no folders, so a
       // junk verdict is a header field a Sieve rule files (see the README).
-      const recipients = uniqueRecipients(accepted);
-      let top = receivedHeader(this.#envelope, this.#options.hostname, recipients) +
+      let top = receivedHeader(this.#envelope, this.#options.hostname, uniqueRecipients(accepted)) +
         disposition.headerFields;
       if (disposition.junk && !/^X-Spam: Yes$/im.test(disposition.headerFields)) {
         top += "X-Spam: Yes\n";
@@ -232,16 +243,8 @@ class LmtpTransaction implements TargetTransaction {
       await connection.write(stuffer.push(encoder.encode(top)));
       await this.#sendContent(connection, stuffer, disposition.removeFields);
       await connection.write(stuffer.end());
-      // One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
-      const answers: Reply[] = [];
-      for (let i = 0; i < accepted.length; i++) {
-        answers.push(
-          await connection.reply().catch((error) => {
-            throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
-          }),
-        );
-      }
-      return this.#outcome(answers);
+      const answers = await replies(connection, accepted.length);
+      return outcome(this.#envelope, this.#session, answers, this.#server, this.#log);
     } catch (error) {
       if (error instanceof ReplyError) throw error;
       throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
@@ -249,44 +252,6 @@ class LmtpTransaction implements TargetTransaction {
       await this.#cleanUp();
       await this.#release();
     }
-  }
-
-  #outcome(answers: Reply[]): StoredCopy[] {
-    const accepted = this.#session.accepted;
-    const saved = accepted.filter((_, i) => answers[i].code >= 200 && answers[i].code < 300);
-    for (let i = 0; i < accepted.length; i++) {
-      this.#log.info("LMTP {server} for {mailbox} of {id}: {reply}", {
-        server: this.#server,
-        mailbox: accepted[i].mailbox,
-        id: this.#envelope.id,
-        reply: formatReply(answers[i]).trimEnd(),
-      });
-    }
-    if (saved.length === accepted.length) {
-      return accepted.map((recipient, i) => ({
-        maildir: `lmtp:${this.#server}`,
-        // The server's own queue id: "<alice@example.com> ID Saved" in Dovecot's words.
-        path: answers[i].lines.join(" "),
-        recipients: [recipient.route.recipient],
-      }));
-    }
-    const failed = answers.filter((answer) => answer.code < 200 || answer.code >= 300);
-    const allPermanent = saved.length === 0 && failed.every((answer) => answer.code >= 500);
-    if (saved.length > 0) {
-      // The sender retries the whole message: these will get it twice.
-      this.#log.warn(
-        "LMTP saved {id} for {saved} but not for {failed}: 451, and the retry duplicates it for the first",
-        {
-          id: this.#envelope.id,
-          saved: saved.map((recipient) => recipient.mailbox),
-          failed: accepted.filter((_, i) => answers[i].code >= 300).map((r) => r.mailbox),
-        },
-      );
-    }
-    throw new ReplyError(
-      allPermanent ? relayed(failed[0]) : LMTP_REPLIES.partial,
-      `LMTP answered ${answers.map((answer) => answer.code).join(", ")}`,
-    );
   }
 
   // The held content, CRLF line ends and dot-stuffed, with the fields the checks removed gone.
@@ -335,6 +300,164 @@ class LmtpTransaction implements TargetTransaction {
       this.#file = undefined;
     }
     if (this.#path) await Deno.remove(this.#path).catch(() => {});
+  }
+}
+
+/**
+ * Our outcome from the LMTP server's one reply per recipient: every copy when
+ * all said 2xx; else a refusal (that 5xx when all refused for good, else 451).
+ */
+function outcome(
+  envelope: Envelope,
+  session: Session,
+  answers: Reply[],
+  server: string,
+  log: Logger,
+): StoredCopy[] {
+  const accepted = session.accepted;
+  const saved = accepted.filter((_, i) => answers[i].code >= 200 && answers[i].code < 300);
+  for (let i = 0; i < accepted.length; i++) {
+    log.info("LMTP {server} for {mailbox} of {id}: {reply}", {
+      server: server,
+      mailbox: accepted[i].mailbox,
+      id: envelope.id,
+      reply: formatReply(answers[i]).trimEnd(),
+    });
+  }
+  if (saved.length === accepted.length) {
+    return accepted.map((recipient, i) => ({
+      maildir: `lmtp:${server}`,
+      // The server's own queue id: "<alice@example.com> ID Saved" in Dovecot's words.
+      path: answers[i].lines.join(" "),
+      recipients: [recipient.route.recipient],
+    }));
+  }
+  const failed = answers.filter((answer) => answer.code < 200 || answer.code >= 300);
+  const allPermanent = saved.length === 0 && failed.every((answer) => answer.code >= 500);
+  if (saved.length > 0) {
+    // The sender retries the whole message: these will get it twice.
+    log.warn(
+      "LMTP saved {id} for {saved} but not for {failed}: 451, and the retry duplicates it for the first",
+      {
+        id: envelope.id,
+        saved: saved.map((recipient) => recipient.mailbox),
+        failed: accepted.filter((_, i) => answers[i].code >= 300).map((r) => r.mailbox),
+      },
+    );
+  }
+  throw new ReplyError(
+    allPermanent ? relayed(failed[0]) : LMTP_REPLIES.partial,
+    `LMTP answered ${answers.map((answer) => answer.code).join(", ")}`,
+  );
+}
+
+/** DATA, and its 354; anything else is the reply's refusal or 451 4.4.1. */
+async function startData(connection: LmtpConnection): Promise<void> {
+  const data = await connection.command("DATA").catch((error) => {
+    throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+  });
+  if (data.code !== 354) throw new ReplyError(relayed(data), `DATA answered ${data.code}`);
+}
+
+/** One reply per accepted recipient, in RCPT order (RFC 2033 4.2). */
+async function replies(connection: LmtpConnection, count: number): Promise<Reply[]> {
+  const answers: Reply[] = [];
+  for (let i = 0; i < count; i++) {
+    answers.push(
+      await connection.reply().catch((error) => {
+        throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+      }),
+    );
+  }
+  return answers;
+}
+
+/**
+ * A message streamed to the LMTP server as it arrives: DATA at its start,
+ * each piece dot-stuffed and written as it comes (the socket's pace is the
+ * client's), the end marker at commit. Used when no check can change the
+ * message after its start. Aborting closes the connection: without the end
+ * marker the server stores nothing.
+ */
+class LiveLmtpTransaction implements TargetTransaction {
+  readonly #envelope: Envelope;
+  readonly #session: Session;
+  readonly #log: Logger;
+  readonly #server: string;
+  readonly #release: () => Promise<void>;
+  readonly #stuffer = new DotStuffer();
+  #done = false;
+
+  private constructor(
+    envelope: Envelope,
+    session: Session,
+    log: Logger,
+    server: string,
+    release: () => Promise<void>,
+  ) {
+    this.#envelope = envelope;
+    this.#session = session;
+    this.#log = log;
+    this.#server = server;
+    this.#release = release;
+  }
+
+  static async start(
+    envelope: Envelope,
+    session: Session,
+    options: LmtpOptions,
+    log: Logger,
+    server: string,
+    release: () => Promise<void>,
+  ): Promise<TargetTransaction> {
+    const transaction = new LiveLmtpTransaction(envelope, session, log, server, release);
+    try {
+      await startData(session.connection);
+      const top = receivedHeader(envelope, options.hostname, uniqueRecipients(session.accepted));
+      await session.connection.write(transaction.#stuffer.push(encoder.encode(top)));
+    } catch (error) {
+      await transaction.abort();
+      throw error instanceof ReplyError
+        ? error
+        : new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+    }
+    return transaction;
+  }
+
+  async write(content: Uint8Array): Promise<void> {
+    try {
+      await this.#session.connection.write(this.#stuffer.push(content));
+    } catch (error) {
+      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+    }
+  }
+
+  async commit(): Promise<StoredCopy[]> {
+    this.#done = true;
+    const connection = this.#session.connection;
+    try {
+      await connection.write(this.#stuffer.end());
+      return outcome(
+        this.#envelope,
+        this.#session,
+        await replies(connection, this.#session.accepted.length),
+        this.#server,
+        this.#log,
+      );
+    } catch (error) {
+      if (error instanceof ReplyError) throw error;
+      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+    } finally {
+      await this.#release();
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    // Mid-DATA there is no way back but to hang up: the server then stores nothing.
+    this.#session.connection.close();
+    await this.#release();
   }
 }
 
