@@ -225,11 +225,6 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
   let lmtpPool: LmtpPool | undefined;
   if (config.lmtp) {
     const { address } = config.lmtp;
-    if (config.hooks.length > 0) {
-      throw new ConfigError(
-        "Cannot use --hook with --lmtp yet: hooks read the stored Maildir copy, and LMTP keeps none here",
-      );
-    }
     const permission = address.kind === "unix"
       ? await Deno.permissions.query({ name: "write", path: address.path })
       : await Deno.permissions.query({ name: "net", host: `${address.hostname}:${address.port}` });
@@ -251,8 +246,10 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
         spool: config.lmtp.spool,
         memoryBytes: LIMITS.lmtpHeldInMemory,
         hostname: config.hostname,
-        // Without checks nothing changes a message after its start: streamed as it arrives.
-        live: checks.length === 0,
+        // Without checks nothing changes a message after its start: streamed as
+        // it arrives (unless hooks need a copy kept here, written as it is sent).
+        live: checks.length === 0 && !hooks,
+        keepFor: hooks?.messages,
       },
       log("lmtp"),
     )

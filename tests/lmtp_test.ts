@@ -230,9 +230,61 @@ Deno.test({
           );
           assertMatch(data!, /^250 /);
           const [stored] = (await mailbox(dovecot, "alice")).INBOX;
-          assertMatch(stored, /\r\nAuthentication-Results: mx\.test;\r\n dkim=none [^]*\r\n spf=none/);
+          assertMatch(
+            stored,
+            /\r\nAuthentication-Results: mx\.test;\r\n dkim=none [^]*\r\n spf=none/,
+          );
           assert(!stored.includes("dmarc=pass"), "the forged field is gone");
           assert(stored.endsWith(large), "the body is whole");
+        },
+      );
+    } finally {
+      await dovecot.stop();
+      await Deno.remove(dovecot.dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "LMTP with a hook: the hook gets the message from a copy kept for it, removed once it is done",
+  ignore: !canRunLmtpDovecot,
+  fn: async () => {
+    const dovecot = await startLmtpDovecot();
+    const calls: { message: { subject: string; text: string } }[] = [];
+    await using webhook = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      async (request) => {
+        calls.push(await request.json());
+        return new Response("ok");
+      },
+    );
+    try {
+      await withLetterbox(
+        dovecot,
+        ["--hook", `alice@example.com=http://127.0.0.1:${webhook.addr.port}/mail`],
+        async (server) => {
+          const { data } = await transaction(
+            server.port,
+            ["alice@example.com", "bob@example.com"],
+            message("trigger"),
+          );
+          assertMatch(data!, /^250 /);
+          const deadline = Date.now() + 10_000;
+          while (calls.length === 0 && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          assertEquals(calls.length, 1);
+          assertEquals(calls[0].message.subject, "trigger");
+          assertStringIncludes(calls[0].message.text, "Hello over LMTP.");
+          // Once the hook is done, the kept copy goes.
+          const kept = `${server.maildir}/letterbox-hooks/messages/new`;
+          for (let i = 0; i < 100 && [...Deno.readDirSync(kept)].length > 0; i++) {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          assertEquals([...Deno.readDirSync(kept)], []);
+          assertEquals((await mailbox(dovecot, "alice")).INBOX.length, 1);
+          assertEquals((await mailbox(dovecot, "bob")).INBOX.length, 1);
         },
       );
     } finally {

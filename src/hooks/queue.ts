@@ -65,7 +65,7 @@ export class HookQueue {
 
   /** Makes the spool folders, loads the jobs left by an earlier run, and starts working. */
   async start(): Promise<void> {
-    for (const sub of ["tmp", "jobs", "failed", "payloads"]) {
+    for (const sub of ["tmp", "jobs", "failed", "payloads", "messages/new"]) {
       await Deno.mkdir(`${this.#options.spool}/${sub}`, { recursive: true, mode: 0o700 });
     }
     const loaded = await this.#scan();
@@ -96,6 +96,26 @@ export class HookQueue {
       });
       this.#pump();
     }
+  }
+
+  /**
+   * Where a target that keeps no local copy (LMTP) leaves the message for the
+   * hooks: `messages/new/QUEUE-ID`, read like a Maildir file, removed once no
+   * job for it is left (a given-up job keeps it, for `hooks retry`).
+   */
+  get messages(): string {
+    return `${this.#options.spool}/messages`;
+  }
+
+  // Removes the kept message of `queueId` once no job of it waits or gave up.
+  async #forget(queueId: string): Promise<void> {
+    const kept = `${this.messages}/new/${queueId}`;
+    for (const folder of ["jobs", "failed"]) {
+      for await (const entry of Deno.readDir(`${this.#options.spool}/${folder}`)) {
+        if (entry.name.startsWith(`${queueId}-`)) return;
+      }
+    }
+    await Deno.remove(kept).catch(() => {});
   }
 
   /** Jobs waiting or running (those beyond the in-memory bound not counted). */
@@ -204,6 +224,9 @@ export class HookQueue {
     }
     if (error === undefined) {
       await Deno.remove(this.#path(job.id)).catch(() => {});
+      if (job.envelope.files.some((file) => file.maildir === this.messages)) {
+        await this.#forget(job.envelope.queueId).catch(() => {});
+      }
       this.#options.onJob?.("delivered");
       log.info("Hook {hook} done for {queueId} after {attempts} attempts", {
         hook: job.hook.text,

@@ -69,7 +69,7 @@ export class AfterCommit {
     const authentication = result.verdicts.find(({ check }) => check === "authentication")
       ?.verdict.findings?.facts as AuthenticationFacts | undefined;
     try {
-      await hooks.enqueue({
+      const queued = await hooks.enqueue({
         queueId: envelope.id,
         sender: envelope.sender ? formatAddress(envelope.sender) : "",
         recipients: envelope.routes.map((route) => formatAddress(route.recipient)),
@@ -79,11 +79,16 @@ export class AfterCommit {
         receivedAt: envelope.receivedAt.toISOString(),
         ...(authentication ? { authentication } : {}),
         files: copies.map((copy) => ({
-          maildir: copy.maildir,
-          name: copy.path.slice(copy.path.lastIndexOf("/") + 1),
+          ...(copy.local ??
+            { maildir: copy.maildir, name: copy.path.slice(copy.path.lastIndexOf("/") + 1) }),
           recipients: copy.recipients.map(formatAddress),
         })),
       });
+      // A copy kept only for hooks that none of them wanted.
+      const kept = copies.find((copy) => copy.local)?.local;
+      if (queued === 0 && kept) {
+        await Deno.remove(`${kept.maildir}/new/${kept.name}`).catch(() => {});
+      }
     } catch (error) {
       log.error("Could not queue hooks for {id}: {error}", {
         id: envelope.id,

@@ -18,7 +18,7 @@
 import type { Logger } from "@logtape/logtape";
 import { concatBytes, headerEnd } from "../../bytes.ts";
 import { type LmtpConnection, LmtpError, type LmtpPool } from "../../lmtp/client.ts";
-import { type FieldRemoval, removeFields } from "../../maildir/maildir.ts";
+import { type FieldRemoval, removeFields, syncDirectory } from "../../maildir/maildir.ts";
 import { type Address, formatAddress } from "../../protocol/address.ts";
 import { formatReply, REPLIES, type Reply, reply } from "../../protocol/replies.ts";
 import type { Envelope } from "../envelope.ts";
@@ -70,6 +70,12 @@ export interface LmtpOptions {
    * it is then streamed to the LMTP server as it arrives, not held.
    */
   readonly live?: boolean;
+  /**
+   * With hooks: the folder (Maildir-like, with tmp/ beside it in the hook
+   * spool) where a copy of each delivered message is kept for them, since
+   * LMTP leaves none here.
+   */
+  readonly keepFor?: string;
 }
 
 const CRLF = new Uint8Array([0x0d, 0x0a]);
@@ -192,6 +198,7 @@ class LmtpTransaction implements TargetTransaction {
   #memoryBytes = 0;
   #file: Deno.FsFile | undefined;
   #path: string | undefined;
+  #keeper: Keeper | undefined;
   #done = false;
 
   constructor(
@@ -240,11 +247,24 @@ class LmtpTransaction implements TargetTransaction {
         top += "X-Spam: Yes\n";
       }
       const stuffer = new DotStuffer();
-      await connection.write(stuffer.push(encoder.encode(top)));
-      await this.#sendContent(connection, stuffer, disposition.removeFields);
+      // With hooks, what is sent is also written to a file for them.
+      const keep = this.#options.keepFor
+        ? await Keeper.open(this.#options.keepFor, this.#envelope.id)
+        : undefined;
+      this.#keeper = keep;
+      const emit = async (piece: Uint8Array) => {
+        await connection.write(stuffer.push(piece));
+        await keep?.write(piece);
+      };
+      await emit(encoder.encode(top));
+      await this.#sendContent(emit, disposition.removeFields);
       await connection.write(stuffer.end());
       const answers = await replies(connection, accepted.length);
-      return outcome(this.#envelope, this.#session, answers, this.#server, this.#log);
+      const copies = outcome(this.#envelope, this.#session, answers, this.#server, this.#log);
+      if (!keep) return copies;
+      const local = await keep.commit();
+      this.#keeper = undefined;
+      return copies.map((copy) => ({ ...copy, local }));
     } catch (error) {
       if (error instanceof ReplyError) throw error;
       throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
@@ -256,8 +276,7 @@ class LmtpTransaction implements TargetTransaction {
 
   // The held content, CRLF line ends and dot-stuffed, with the fields the checks removed gone.
   async #sendContent(
-    connection: LmtpConnection,
-    stuffer: DotStuffer,
+    emit: (piece: Uint8Array) => Promise<void>,
     remove: readonly FieldRemoval[] | undefined,
   ): Promise<void> {
     let edit = remove && remove.length > 0 ? new HeaderEditor(remove) : undefined;
@@ -265,10 +284,10 @@ class LmtpTransaction implements TargetTransaction {
       if (edit) {
         const edited = edit.push(part);
         if (edited.done) edit = undefined;
-        for (const piece of edited.out) await connection.write(stuffer.push(piece));
+        for (const piece of edited.out) await emit(piece);
         return;
       }
-      await connection.write(stuffer.push(part));
+      await emit(part);
     };
     if (!this.#file) {
       for (const part of this.#memory) await send(part);
@@ -281,7 +300,7 @@ class LmtpTransaction implements TargetTransaction {
         await send(chunk.subarray(0, n));
       }
     }
-    if (edit) { for (const piece of edit.end()) await connection.write(stuffer.push(piece)); }
+    if (edit) { for (const piece of edit.end()) await emit(piece); }
   }
 
   async abort(): Promise<void> {
@@ -293,6 +312,8 @@ class LmtpTransaction implements TargetTransaction {
 
   async #cleanUp(): Promise<void> {
     this.#memory = [];
+    await this.#keeper?.discard();
+    this.#keeper = undefined;
     if (this.#file) {
       try {
         this.#file.close();
@@ -458,6 +479,51 @@ class LiveLmtpTransaction implements TargetTransaction {
     // Mid-DATA there is no way back but to hang up: the server then stores nothing.
     this.#session.connection.close();
     await this.#release();
+  }
+}
+
+/**
+ * The copy kept for the hooks: written beside the send, made durable (file,
+ * then rename into new/ and its sync) only once LMTP said yes to every
+ * recipient, so that hook jobs written after it find it after a crash.
+ */
+class Keeper {
+  readonly #dir: string;
+  readonly #name: string;
+  readonly #tmp: string;
+  readonly #file: Deno.FsFile;
+
+  private constructor(dir: string, name: string, tmp: string, file: Deno.FsFile) {
+    this.#dir = dir;
+    this.#name = name;
+    this.#tmp = tmp;
+    this.#file = file;
+  }
+
+  static async open(dir: string, name: string): Promise<Keeper> {
+    // tmp/ of the hook spool: the same file system as messages/new.
+    const tmp = `${dir}/../tmp/${name}.${crypto.randomUUID()}.message`;
+    const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    return new Keeper(dir, name, tmp, file);
+  }
+
+  async write(piece: Uint8Array): Promise<void> {
+    await writeAll(this.#file, piece);
+  }
+
+  async commit(): Promise<{ maildir: string; name: string }> {
+    await this.#file.syncData();
+    this.#file.close();
+    await Deno.rename(this.#tmp, `${this.#dir}/new/${this.#name}`);
+    await syncDirectory(`${this.#dir}/new`);
+    return { maildir: this.#dir, name: this.#name };
+  }
+
+  async discard(): Promise<void> {
+    try {
+      this.#file.close();
+    } catch { /* closed */ }
+    await Deno.remove(this.#tmp).catch(() => {});
   }
 }
 

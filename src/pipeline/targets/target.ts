@@ -32,6 +32,11 @@ export interface StoredCopy {
   readonly path: string;
   /** The recipients this copy is for. */
   readonly recipients: readonly Address[];
+  /**
+   * A copy on this machine for the hooks to read, when the copy itself is
+   * elsewhere (LMTP): a Maildir-like folder and the file's name in its new/.
+   */
+  readonly local?: { readonly maildir: string; readonly name: string };
 }
 
 /** A message being stored. Exactly one of `commit` or `abort` ends it. */
