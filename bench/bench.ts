@@ -24,6 +24,7 @@
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
 import { dkimSigned, makeDkimKey } from "../tests/_dkim.ts";
 import { startDns } from "../tests/_dns.ts";
+import { canRunLmtpDovecot, startLmtpDovecot } from "../tests/_lmtp_dovecot.ts";
 import { startRspamd } from "../tests/_rspamd.ts";
 
 async function haveRspamd(): Promise<boolean> {
@@ -445,7 +446,9 @@ const CHECKS = flags["no-checks"] !== true;
 const authDns = CHECKS ? await startAuthDns() : undefined;
 // rspamd as tests/_rspamd.ts starts it (the DNS-based modules off: no internet here).
 const rspamd = CHECKS && await haveRspamd() ? await startRspamd() : undefined;
-type CheckName = "authentication" | "rspamd";
+// Delivery by LMTP into a private Dovecot (tests/_lmtp_dovecot.ts), beside Maildir.
+const dovecot = CHECKS && canRunLmtpDovecot ? await startLmtpDovecot() : undefined;
+type CheckName = "authentication" | "rspamd" | "lmtp";
 /** The checks measured on their own servers beside plain, in every cell. */
 const checkModes: {
   name: CheckName;
@@ -605,6 +608,7 @@ for (const size of SIZES) {
       baseline: [],
       authentication: [],
       rspamd: [],
+      lmtp: [],
     };
     // One unmeasured second of each first: fresh servers compile their hot
     // paths, and fresh directories grow their first blocks (the first
@@ -628,7 +632,7 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
-        } else if (mode === "authentication" || mode === "rspamd") {
+        } else if (mode === "authentication" || mode === "rspamd" || mode === "lmtp") {
           const { server, message } = checkServers[mode]!;
           const before = cpuTime(server.pid);
           const result = await smtpLoad(server.port, connections, size, false, SECONDS, message);
@@ -804,6 +808,10 @@ async function smtpLoadOnce(port: number, size: number): Promise<void> {
 await sink?.stop();
 await authDns?.stop();
 await rspamd?.[Symbol.asyncDispose]();
+if (dovecot) {
+  await dovecot.stop();
+  await Deno.remove(dovecot.dir, { recursive: true });
+}
 await Deno.remove(work, { recursive: true });
 // Written back now, so that the deletions do not slow whatever runs next.
 await new Deno.Command("sync").output();
@@ -847,7 +855,7 @@ const checked = rows.filter((row) => row.checks);
 if (checked.length > 0) {
   lines.push(
     "",
-    "| connections | size | check | msg/s | vs without (same rounds) | CPU ms/msg (without) |",
+    "| connections | size | check or target | msg/s | vs plain Maildir (same rounds) | CPU ms/msg (plain) |",
     "| --- | --- | --- | --- | --- | --- |",
     ...checked.flatMap((row) =>
       Object.entries(row.checks!).map(([name, check]) =>

@@ -110,10 +110,10 @@ typ, data = imap.select("INBOX")
 
 const IMAP_READ = `
 import imaplib, sys, json
-port, user = int(sys.argv[1]), sys.argv[2]
+port, user, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 for attempt in range(50):
     try:
-        imap = imaplib.IMAP4("127.0.0.1", port)
+        imap = imaplib.IMAP4(host, port)
         break
     except OSError:
         time.sleep(0.1)
@@ -133,8 +133,12 @@ imap.logout()
 `;
 
 /** Every folder `user` (password `secret`) sees over IMAP, with each message whole. */
-export async function imapMessages(port: number, user = "test"): Promise<Record<string, string[]>> {
-  const imap = await run("python3", ["-c", `import time\n${IMAP_READ}`, String(port), user]);
+export async function imapMessages(
+  port: number,
+  user = "test",
+  host = "127.0.0.1",
+): Promise<Record<string, string[]>> {
+  const imap = await run("python3", ["-c", `import time\n${IMAP_READ}`, String(port), user, host]);
   assertEquals(imap.stderr, "");
   return JSON.parse(imap.stdout);
 }

@@ -85,6 +85,8 @@ export async function startLmtpDovecot(): Promise<LmtpDovecot> {
     [
       "alice:{PLAIN}secret::::::",
       "bob:{PLAIN}secret::::::",
+      // The benchmark's recipient.
+      "rcpt:{PLAIN}secret::::::",
       "lists:{PLAIN}secret::::::",
       // Over quota before the test begins (a message is placed below).
       "full:{PLAIN}secret::::::userdb_quota_rule=*:storage=1K",
