@@ -25,6 +25,7 @@ import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
 import { dkimSigned, makeDkimKey } from "../tests/_dkim.ts";
 import { startDns } from "../tests/_dns.ts";
 import { canRunLmtpDovecot, startLmtpDovecot } from "../tests/_lmtp_dovecot.ts";
+import { startCluster } from "../tests/_cluster.ts";
 import { startRspamd } from "../tests/_rspamd.ts";
 
 async function haveRspamd(): Promise<boolean> {
@@ -184,9 +185,10 @@ async function smtpLoad(
   tls: boolean,
   seconds: number,
   message: Uint8Array = wireMessage(size),
+  recipient = "rcpt@example.com",
 ): Promise<LoadResult> {
   const envelope = encoder.encode(
-    "MAIL FROM:<bench@load.test>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n",
+    `MAIL FROM:<bench@load.test>\r\nRCPT TO:<${recipient}>\r\nDATA\r\n`,
   );
   const latencies: number[] = [];
   let errors = 0;
@@ -470,6 +472,13 @@ const checkModes: {
       message: (size: number) => Promise.resolve(wireMessage(size)),
     }]
     : []),
+  ...(dovecot
+    ? [{
+      name: "lmtp" as const,
+      args: ["--lmtp", `127.0.0.1:${dovecot.lmtpPort}`],
+      message: (size: number) => Promise.resolve(wireMessage(size)),
+    }]
+    : []),
 ];
 const machine = {
   cpus: navigator.hardwareConcurrency,
@@ -734,6 +743,59 @@ for (const size of SIZES) {
 }
 await emptyDir(maildir);
 
+// Past one machine: one Letterbox against two in front of the same Dovecot
+// LMTP proxy and two backends (tests/_cluster.ts), 16 connections of 1 KiB,
+// half for alice (backend 127.0.0.2) and half for bob (127.0.0.3): on one
+// host with two cores the second instance shares the same CPUs, so this shows
+// the layout's cost, not a second machine's capacity.
+let cluster: { one: number; two: number; ratio: number } | undefined;
+if (CHECKS && canRunLmtpDovecot) {
+  const backends = await startCluster();
+  const args = ["--lmtp", `127.0.0.1:${backends.proxyPort}`];
+  await Deno.mkdir(`${work}/cluster/a`, { recursive: true });
+  await Deno.mkdir(`${work}/cluster/b`, { recursive: true });
+  const a = await startLetterbox(`${work}/cluster/a`, ROOT, args);
+  const b = await startLetterbox(`${work}/cluster/b`, ROOT, args);
+  const both = async (first: Started, second: Started, seconds: number): Promise<LoadResult> => {
+    const [x, y] = await Promise.all([
+      smtpLoad(first.port, 8, 1024, false, seconds, undefined, "alice@example.com"),
+      smtpLoad(second.port, 8, 1024, false, seconds, undefined, "bob@example.com"),
+    ]);
+    return {
+      messages: x.messages + y.messages,
+      seconds: Math.max(x.seconds, y.seconds),
+      latencies: [...x.latencies, ...y.latencies],
+      errors: x.errors + y.errors,
+    };
+  };
+  await both(a, a, 1);
+  await both(a, b, 1);
+  const one: LoadResult[] = [];
+  const two: LoadResult[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    if (round % 2 === 0) {
+      one.push(await both(a, a, SECONDS));
+      two.push(await both(a, b, SECONDS));
+    } else {
+      two.push(await both(a, b, SECONDS));
+      one.push(await both(a, a, SECONDS));
+    }
+  }
+  cluster = {
+    one: median(one.map(rate)),
+    two: median(two.map(rate)),
+    ratio: pairedRatio(two, one),
+  };
+  console.log(
+    `LMTP cluster (a Dovecot proxy, two backends), 16 x 1 KiB: one Letterbox ${
+      cluster.one.toFixed(0)
+    } msg/s, two ${cluster.two.toFixed(0)} msg/s (${cluster.ratio.toFixed(2)}x)`,
+  );
+  await a.stop();
+  await b.stop();
+  await backends.stop();
+}
+
 // Connection rate: connect + EHLO (+ STARTTLS + EHLO) + QUIT.
 const letterbox = await startLetterbox(maildir);
 const peakResettable = resetPeak(letterbox.pid);
@@ -825,6 +887,7 @@ const results = {
   peakRssReset: peakResettable,
   rows,
   connectionRates,
+  cluster,
   idleSessions: { sessions: IDLE_SESSIONS, bytesPerSession: perSession },
   largeMessage: { bytes: LARGE, idleRss: bigIdle, peakRss: bigPeak },
 };
