@@ -252,6 +252,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
         keepFor: hooks?.messages,
       },
       log("lmtp"),
+      metrics && ((code) => metrics.lmtpReplies.inc({ code: String(code) })),
     )
     : new MaildirTarget(config.hostname, await fileOwner(maildirRoot));
   const pipeline = new Pipeline(

@@ -134,6 +134,10 @@ export class Metrics {
     "letterbox_rspamd_actions_total",
     "rspamd's action for each message (unchecked: too large, or rspamd failed).",
   );
+  readonly lmtpReplies = new Counter(
+    "letterbox_lmtp_replies_total",
+    "The LMTP server's replies to RCPT and after the data, one per recipient, by code.",
+  );
   readonly earlyTalkers = new Counter(
     "letterbox_early_talkers_total",
     "Clients that talked before the greeting (--greet-delay) and were closed.",
@@ -193,6 +197,7 @@ export class Metrics {
       this.recipientsPerMessage,
       this.authentication,
       this.rspamdActions,
+      this.lmtpReplies,
       this.earlyTalkers,
       this.timeouts,
       this.hookJobs,

@@ -75,7 +75,7 @@ Deno.test({
   fn: async () => {
     const dovecot = await startLmtpDovecot();
     try {
-      await withLetterbox(dovecot, [], async (server) => {
+      await withLetterbox(dovecot, ["--metrics", "127.0.0.1:0"], async (server) => {
         const text = message("byte for byte", "X-Custom: kept\r\n");
         const { rcpt, data } = await transaction(server.port, ["alice@example.com"], text);
         assertEquals(rcpt, ["250 2.1.5 Ok"]);
@@ -96,6 +96,15 @@ Deno.test({
         assertMatch(
           String(logged?.message),
           /for "?alice@example\.com"? of "?\w+"?: "?250 2\.0\.0 <alice@example\.com> \S+ Saved/,
+        );
+        // One 250 for the RCPT, one after the data.
+        const address = server.logs.find((record) =>
+          String(record.message).startsWith("Metrics on")
+        );
+        const url = String(address?.message).match(/http:\/\/\S+\/metrics/)![0].replaceAll('"', "");
+        assertStringIncludes(
+          await (await fetch(url)).text(),
+          'letterbox_lmtp_replies_total{code="250"} 2',
         );
       });
     } finally {

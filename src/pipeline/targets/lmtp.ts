@@ -76,6 +76,8 @@ export interface LmtpOptions {
    * LMTP leaves none here.
    */
   readonly keepFor?: string;
+  /** Counts the LMTP server's replies by code, for the metrics. */
+  readonly count?: (code: number) => void;
 }
 
 const CRLF = new Uint8Array([0x0d, 0x0a]);
@@ -87,19 +89,35 @@ export class LmtpTarget implements Target {
   readonly #options: LmtpOptions;
   readonly #log: Logger;
   readonly #sessions = new WeakMap<object, Session>();
+  readonly #count: ((code: number) => void) | undefined;
 
-  /** Delivers through `pool`; logs each recipient's outcome to `log`. */
-  constructor(pool: LmtpPool, options: LmtpOptions, log: Logger) {
+  /**
+   * Delivers through `pool`; logs each recipient's outcome to `log`, and
+   * counts each RCPT and end-of-data reply's code with `count`.
+   */
+  constructor(
+    pool: LmtpPool,
+    options: LmtpOptions,
+    log: Logger,
+    count?: (code: number) => void,
+  ) {
     this.#pool = pool;
-    this.#options = options;
+    this.#options = { ...options, count };
     this.#log = log;
+    this.#count = count;
   }
 
-  /** RCPT: the LMTP server's RCPT for each final mailbox of the route, before our reply. */
+  /**
+   * RCPT: the LMTP server's RCPT for each final mailbox of the route, before
+   * our reply; the first one opens the session with MAIL (in one write with
+   * the RCPTs where the server offers PIPELINING).
+   */
   async verify(start: TransactionStart, route: Route): Promise<Reply | undefined> {
     let session = this.#sessions.get(start.transaction);
-    if (!session) {
-      let connection: LmtpConnection;
+    const lines: string[] = [];
+    let connection: LmtpConnection;
+    if (session) connection = session.connection;
+    else {
       try {
         connection = await this.#pool.take();
       } catch (error) {
@@ -113,28 +131,35 @@ export class LmtpTarget implements Target {
       const body = start.body === "8BITMIME" && connection.capabilities.has("8BITMIME")
         ? " BODY=8BITMIME"
         : "";
-      const mail = await connection.command(`MAIL FROM:<${sender}>${body}`).catch(() => undefined);
-      if (!mail || mail.code !== 250) {
+      lines.push(`MAIL FROM:<${sender}>${body}`);
+    }
+    const mailboxes = [...new Set(route.destinations.map((destination) => destination.mailbox))];
+    lines.push(...mailboxes.map((mailbox) => `RCPT TO:<${mailbox}>`));
+    let answers: Reply[];
+    try {
+      answers = await exchange(connection, lines);
+    } catch (error) {
+      this.#log.warn("LMTP server {server} failed at RCPT: {error}", {
+        server: this.#pool.name,
+        error: describe(error),
+      });
+      if (!session) await this.#pool.give(connection);
+      return LMTP_REPLIES.unavailable;
+    }
+    if (!session) {
+      const mail = answers.shift()!;
+      if (mail.code !== 250) {
         await this.#pool.give(connection);
-        return mail ? relayed(mail) : LMTP_REPLIES.unavailable;
+        return relayed(mail);
       }
       session = { connection, accepted: [], busy: false };
       this.#sessions.set(start.transaction, session);
     }
-    const mailboxes = [...new Set(route.destinations.map((destination) => destination.mailbox))];
     let refusal: Reply | undefined;
     let accepted = 0;
-    for (const mailbox of mailboxes) {
-      let answer: Reply;
-      try {
-        answer = await session.connection.command(`RCPT TO:<${mailbox}>`);
-      } catch (error) {
-        this.#log.warn("LMTP server {server} failed at RCPT: {error}", {
-          server: this.#pool.name,
-          error: describe(error),
-        });
-        return LMTP_REPLIES.unavailable;
-      }
+    for (const [i, mailbox] of mailboxes.entries()) {
+      const answer = answers[i];
+      this.#count?.(answer.code);
       if (answer.code >= 200 && answer.code < 300) {
         session.accepted.push({ route, mailbox });
         accepted++;
@@ -259,7 +284,7 @@ class LmtpTransaction implements TargetTransaction {
       await emit(encoder.encode(top));
       await this.#sendContent(emit, disposition.removeFields);
       await connection.write(stuffer.end());
-      const answers = await replies(connection, accepted.length);
+      const answers = await replies(connection, accepted.length, this.#options.count);
       const copies = outcome(this.#envelope, this.#session, answers, this.#server, this.#log);
       if (!keep) return copies;
       const local = await keep.commit();
@@ -372,6 +397,18 @@ function outcome(
   );
 }
 
+/** Commands and their replies: in one write where the server offers PIPELINING (RFC 2920). */
+async function exchange(connection: LmtpConnection, lines: readonly string[]): Promise<Reply[]> {
+  const answers: Reply[] = [];
+  if (connection.capabilities.has("PIPELINING")) {
+    await connection.write(encoder.encode(lines.map((line) => `${line}\r\n`).join("")));
+    for (let i = 0; i < lines.length; i++) answers.push(await connection.reply());
+    return answers;
+  }
+  for (const line of lines) answers.push(await connection.command(line));
+  return answers;
+}
+
 /** DATA, and its 354; anything else is the reply's refusal or 451 4.4.1. */
 async function startData(connection: LmtpConnection): Promise<void> {
   const data = await connection.command("DATA").catch((error) => {
@@ -381,7 +418,11 @@ async function startData(connection: LmtpConnection): Promise<void> {
 }
 
 /** One reply per accepted recipient, in RCPT order (RFC 2033 4.2). */
-async function replies(connection: LmtpConnection, count: number): Promise<Reply[]> {
+async function replies(
+  connection: LmtpConnection,
+  count: number,
+  counter?: (code: number) => void,
+): Promise<Reply[]> {
   const answers: Reply[] = [];
   for (let i = 0; i < count; i++) {
     answers.push(
@@ -389,6 +430,7 @@ async function replies(connection: LmtpConnection, count: number): Promise<Reply
         throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
       }),
     );
+    counter?.(answers[i].code);
   }
   return answers;
 }
@@ -406,6 +448,7 @@ class LiveLmtpTransaction implements TargetTransaction {
   readonly #log: Logger;
   readonly #server: string;
   readonly #release: () => Promise<void>;
+  readonly #count: ((code: number) => void) | undefined;
   readonly #stuffer = new DotStuffer();
   #done = false;
 
@@ -415,12 +458,14 @@ class LiveLmtpTransaction implements TargetTransaction {
     log: Logger,
     server: string,
     release: () => Promise<void>,
+    count: ((code: number) => void) | undefined,
   ) {
     this.#envelope = envelope;
     this.#session = session;
     this.#log = log;
     this.#server = server;
     this.#release = release;
+    this.#count = count;
   }
 
   static async start(
@@ -431,7 +476,14 @@ class LiveLmtpTransaction implements TargetTransaction {
     server: string,
     release: () => Promise<void>,
   ): Promise<TargetTransaction> {
-    const transaction = new LiveLmtpTransaction(envelope, session, log, server, release);
+    const transaction = new LiveLmtpTransaction(
+      envelope,
+      session,
+      log,
+      server,
+      release,
+      options.count,
+    );
     try {
       await startData(session.connection);
       const top = receivedHeader(envelope, options.hostname, uniqueRecipients(session.accepted));
@@ -461,7 +513,7 @@ class LiveLmtpTransaction implements TargetTransaction {
       return outcome(
         this.#envelope,
         this.#session,
-        await replies(connection, this.#session.accepted.length),
+        await replies(connection, this.#session.accepted.length, this.#count),
         this.#server,
         this.#log,
       );
