@@ -101,7 +101,13 @@ test: deno deps certs
 	"$(DENO)" check main.ts src/ tests/ bench/
 	DENO_JOBS=$(TEST_JOBS) "$(DENO)" test --allow-all --frozen --parallel tests/
 
+# The peer to beat, nodemailer's smtp-server (bench/peer/smtp_server_peer.mjs), run by the machine's Node.
+SMTP_SERVER_VERSION = 3.21.6
+
 bench: deno deps certs
+	@if command -v node >/dev/null && [ ! -d .tools/peers/node_modules/smtp-server ]; then \
+		npm install --silent --no-audit --no-fund --prefix .tools/peers smtp-server@$(SMTP_SERVER_VERSION) >/dev/null; \
+	fi
 	"$(DENO)" run --allow-all bench/bench.ts $(ARGS)
 
 # deno compile downloads its runtime (denort) the first time; where that is not

@@ -378,6 +378,38 @@ async function startLetterbox(
   return started(child, port, () => Deno.remove(log));
 }
 
+const PEERS = `${ROOT}/.tools/peers`;
+
+/**
+ * nodemailer's smtp-server with a durable Maildir handler
+ * (bench/peer/smtp_server_peer.mjs), when `make bench` installed it into
+ * .tools/peers. Run from there, where Node resolves its package.
+ */
+async function startSmtpServerPeer(maildir: string): Promise<Started | undefined> {
+  try {
+    await Deno.stat(`${PEERS}/node_modules/smtp-server`);
+  } catch {
+    return undefined;
+  }
+  await Deno.copyFile(`${ROOT}/bench/peer/smtp_server_peer.mjs`, `${PEERS}/smtp_server_peer.mjs`);
+  const child = new Deno.Command("node", {
+    args: [`${PEERS}/smtp_server_peer.mjs`, maildir],
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!/listening (\d+)/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("smtp-server did not start");
+    text += value;
+  }
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  return started(child, Number(/listening (\d+)/.exec(text)![1]));
+}
+
 async function startSink(): Promise<Started | undefined> {
   const binary = "/usr/sbin/smtp-sink";
   try {
@@ -537,6 +569,14 @@ interface Row {
   slices: { letterbox: number[]; disk: number[] };
   sinkCeiling?: number;
   sinkRatio?: number;
+  /** Plain rows: nodemailer's smtp-server with a durable handler, and Letterbox's ratio to it. */
+  peer?: {
+    messagesPerSecond: number;
+    ratio: number;
+    cpuPerMessage: number;
+    p50: number;
+    peakRss: number;
+  };
   /** With --baseline: the baseline's msg/s and the median within-round ratio to it (plain only). */
   baselineRate?: number;
   baselineRatio?: number;
@@ -549,7 +589,7 @@ interface Row {
   diskCpuPerMessage: number;
 }
 
-type Mode = "disk" | "plain" | "tls" | "sink" | "baseline" | CheckName;
+type Mode = "disk" | "plain" | "tls" | "sink" | "peer" | "baseline" | CheckName;
 const rate = (result: LoadResult) => result.messages / result.seconds;
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -607,6 +647,10 @@ for (const size of SIZES) {
     }
     const modes: Mode[] = ["disk", "plain", "tls"];
     if (sink) modes.push("sink");
+    // The peer to beat: a fresh smtp-server for the cell, its own Maildir.
+    await Deno.mkdir(`${cell}/peer`, { recursive: true });
+    const peer = await startSmtpServerPeer(`${cell}/peer`);
+    if (peer) modes.push("peer");
     if (baseline) modes.push("baseline");
     modes.push(...checkModes.map((check) => check.name));
     const results: Record<Mode, LoadResult[]> = {
@@ -614,6 +658,7 @@ for (const size of SIZES) {
       plain: [],
       tls: [],
       sink: [],
+      peer: [],
       baseline: [],
       authentication: [],
       rspamd: [],
@@ -641,6 +686,10 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
+        } else if (mode === "peer") {
+          const before = cpuTime(peer!.pid);
+          const result = await smtpLoad(peer!.port, connections, size, false, SECONDS);
+          results.peer.push({ ...result, cpuMs: cpuTime(peer!.pid) - before });
         } else if (mode === "authentication" || mode === "rspamd" || mode === "lmtp") {
           const { server, message } = checkServers[mode]!;
           const before = cpuTime(server.pid);
@@ -685,6 +734,15 @@ for (const size of SIZES) {
         slices: { letterbox: runs.map(rate), disk: results.disk.map(rate) },
         sinkCeiling: mode === "plain" ? sinkRate : undefined,
         sinkRatio: mode === "plain" && sink ? pairedRatio(runs, results.sink) : undefined,
+        peer: mode === "plain" && peer
+          ? {
+            messagesPerSecond: median(results.peer.map(rate)),
+            ratio: pairedRatio(runs, results.peer),
+            cpuPerMessage: cpuPerMessage(results.peer),
+            p50: percentile(results.peer.flatMap((r) => r.latencies).sort((a, b) => a - b), 0.5),
+            peakRss: memory(peer.pid, "VmHWM"),
+          }
+          : undefined,
         baselineRate: mode === "plain" && baseline ? median(results.baseline.map(rate)) : undefined,
         baselineRatio: mode === "plain" && baseline
           ? pairedRatio(runs, results.baseline)
@@ -726,6 +784,13 @@ for (const size of SIZES) {
               row.baselineRatio.toFixed(2)
             }x), CPU ${row.baselineCpuPerMessage!.toFixed(2)} ms/msg`
             : "") +
+          (row.peer
+            ? ` | smtp-server ${row.peer.messagesPerSecond.toFixed(0).padStart(6)} msg/s (${
+              row.peer.ratio.toFixed(2)
+            }x), CPU ${row.peer.cpuPerMessage.toFixed(2)} ms/msg, p50 ${
+              row.peer.p50.toFixed(1)
+            } ms, peak RSS ${(row.peer.peakRss / 2 ** 20).toFixed(0)} MiB`
+            : "") +
           Object.entries(row.checks ?? {}).map(([name, check]) =>
             ` | ${name} on ${check.messagesPerSecond.toFixed(0).padStart(6)} msg/s (${
               check.ratio.toFixed(2)
@@ -738,6 +803,7 @@ for (const size of SIZES) {
     await servers.tls.stop();
     await baseline?.stop();
     for (const { server } of Object.values(checkServers)) await server.stop();
+    await peer?.stop();
   }
   await clearCells(cells);
 }
@@ -899,8 +965,8 @@ console.log(`results: ${out}`);
 // The README's table, from these results.
 const fixed = (value: number, digits: number) => value.toFixed(digits);
 const lines = [
-  "| connections | size | mode | msg/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk loop msg/s | vs disk loop (rounds' range) | vs smtp-sink | CPU ms/msg (disk loop's) |",
-  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  "| connections | size | mode | msg/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk loop msg/s | vs disk loop (rounds' range) | vs smtp-sink | vs smtp-server (its msg/s, CPU ms/msg, RSS MiB) | CPU ms/msg (disk loop's) |",
+  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ...rows.map((row) =>
     `| ${row.connections} | ${sizeName(row.size)} | ${row.tls ? "STARTTLS" : "plain"} | ${
       fixed(row.messagesPerSecond, 0)
@@ -910,6 +976,12 @@ const lines = [
       fixed(Math.min(...row.diskRatios), 2)
     }–${fixed(Math.max(...row.diskRatios), 2)}) | ${
       row.sinkRatio === undefined ? "—" : `${fixed(row.sinkRatio, 2)}x`
+    } | ${
+      row.peer
+        ? `${fixed(row.peer.ratio, 2)}x (${fixed(row.peer.messagesPerSecond, 0)}, ${
+          fixed(row.peer.cpuPerMessage, 2)
+        }, ${fixed(row.peer.peakRss / 2 ** 20, 0)})`
+        : "—"
     } | ${fixed(row.cpuPerMessage, 2)} (${fixed(row.diskCpuPerMessage, 2)}) |`
   ),
 ];
