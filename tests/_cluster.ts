@@ -5,6 +5,7 @@
  * 127.0.0.2, bob on 127.0.0.3, each with IMAP for reading back.
  */
 
+import { dovecotBase } from "./_lmtp_dovecot.ts";
 import { freePort, run } from "./_server.ts";
 import { assertEquals } from "./_assert.ts";
 
@@ -33,17 +34,7 @@ async function dovecot(
   await Deno.writeTextFile(
     `${dir}/dovecot.conf`,
     `
-listen = ${address}
-base_dir = ${dir}/base
-state_dir = ${dir}/state
-instance_name = letterbox-cluster-${name}-${freePort()}
-log_path = ${dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_username_format = %Ln
-first_valid_uid = 65534
-first_valid_gid = 65534
-mail_location = maildir:${dir}/mail/%n/Maildir:INDEX=${dir}/index/%n
+${dovecotBase(dir, address, `letterbox-cluster-${name}-${freePort()}`)}
 ${auth.replaceAll("USERS", `${dir}/users`).replaceAll("DIR", dir)}
 ${listeners}
 `,

@@ -9,6 +9,24 @@ import { freePort, have, run } from "./_server.ts";
 import { assertEquals } from "./_assert.ts";
 
 const DOVECOT = "/usr/sbin/dovecot";
+/**
+ * What every private Dovecot of the tests shares: its folders under `dir`,
+ * plaintext logins on loopback, users served as nobody, Maildirs and indexes.
+ */
+export function dovecotBase(dir: string, address: string, instance: string): string {
+  return `listen = ${address}
+base_dir = ${dir}/base
+state_dir = ${dir}/state
+instance_name = ${instance}
+log_path = ${dir}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_username_format = %Ln
+first_valid_uid = 65534
+first_valid_gid = 65534
+mail_location = maildir:${dir}/mail/%n/Maildir:INDEX=${dir}/index/%n`;
+}
+
 /** True when a private Dovecot with LMTP can run here (as root, with the packages). */
 export const canRunLmtpDovecot: boolean = Deno.uid() === 0 && await have(DOVECOT) &&
   await have("/usr/lib/dovecot/lmtp");
@@ -27,17 +45,7 @@ export interface LmtpDovecot {
 function config(dir: string, lmtpPort: number, imapPort: number): string {
   return `
 protocols = imap lmtp
-listen = 127.0.0.1
-base_dir = ${dir}/base
-state_dir = ${dir}/state
-instance_name = letterbox-lmtp-${lmtpPort}
-log_path = ${dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_username_format = %Ln
-first_valid_uid = 65534
-first_valid_gid = 65534
-mail_location = maildir:${dir}/mail/%n/Maildir:INDEX=${dir}/index/%n
+${dovecotBase(dir, "127.0.0.1", `letterbox-lmtp-${lmtpPort}`)}
 mail_plugins = $mail_plugins quota
 plugin {
   quota = maildir:User quota
