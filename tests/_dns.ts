@@ -77,6 +77,15 @@ export async function startDns(zone: Zone): Promise<DnsServer> {
     await running.stderr.cancel();
     await running.status;
   };
+  // At the end of a test file (which cannot wait for a promise), if still running.
+  let removed = false;
+  globalThis.addEventListener("unload", () => {
+    if (removed) return;
+    try {
+      child?.kill("SIGKILL");
+    } catch { /* gone */ }
+    Deno.removeSync(dir, { recursive: true });
+  });
   await start();
   return {
     port,
@@ -86,6 +95,7 @@ export async function startDns(zone: Zone): Promise<DnsServer> {
     },
     [Symbol.asyncDispose]: async () => {
       await stop();
+      removed = true;
       await Deno.remove(dir, { recursive: true });
     },
   };

@@ -64,8 +64,11 @@ export async function startRspamd(): Promise<Rspamd> {
   for (const sub of ["db", "run", "log"]) {
     await new Deno.Command("chown", { args: ["-R", "nobody:nogroup", `${dir}/${sub}`] }).output();
   }
-  const child = new Deno.Command("rspamd", {
+  // Its own process group (setsid), so that stopping it takes its workers too:
+  // a SIGTERM to the main process alone has left workers running.
+  const child = new Deno.Command("setsid", {
     args: [
+      "rspamd",
       "-f",
       "-u",
       "nobody",
@@ -87,6 +90,17 @@ export async function startRspamd(): Promise<Rspamd> {
     stdin: "null",
   }).spawn();
   const stderr = new Response(child.stderr).text();
+  let running = true;
+  // At the end of a test file (which cannot wait for a promise): the whole group at once.
+  const killNow = () => {
+    if (!running) return;
+    running = false;
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* gone */ }
+    Deno.removeSync(dir, { recursive: true });
+  };
+  globalThis.addEventListener("unload", killNow);
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 90_000;
   for (;;) {
@@ -95,8 +109,7 @@ export async function startRspamd(): Promise<Rspamd> {
       if ((await response.text()).includes("pong")) break;
     } catch { /* not yet */ }
     if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      await child.status;
+      killNow();
       throw new Error(`rspamd did not start:\n${await stderr}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -104,9 +117,21 @@ export async function startRspamd(): Promise<Rspamd> {
   return {
     url,
     async [Symbol.asyncDispose]() {
-      child.kill("SIGTERM");
+      if (!running) return;
+      Deno.kill(-child.pid, "SIGTERM");
+      const late = setTimeout(() => {
+        try {
+          Deno.kill(-child.pid, "SIGKILL");
+        } catch { /* gone */ }
+      }, 5_000);
       await child.status;
+      clearTimeout(late);
+      // Workers may outlive the main process by a moment: none may stay.
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch { /* all gone */ }
       await stderr;
+      running = false;
       await Deno.remove(dir, { recursive: true });
     },
   };

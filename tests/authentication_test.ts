@@ -24,7 +24,7 @@ const dns = await startDns({
     "_dmarc.quar.test": "v=DMARC1; p=quarantine",
   },
 });
-globalThis.addEventListener("unload", () => void dns.stop());
+// Stopped and removed when the file's tests are done (tests/_dns.ts).
 
 function message(from: string, subject: string, extra = ""): string {
   return `From: ${from}\r\nTo: test@mx.test\r\nSubject: ${subject}\r\n` +

@@ -9,8 +9,8 @@ import { startRspamd } from "./_rspamd.ts";
 import { freePort, newFiles, readMessages, startServer, TestClient } from "./_server.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_assert.ts";
 
+// Stopped, with its workers, when the file's tests are done (tests/_rspamd.ts).
 const rspamd = await startRspamd();
-globalThis.addEventListener("unload", () => void rspamd[Symbol.asyncDispose]());
 
 const GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
