@@ -11,6 +11,8 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
+
 /** Where queries go: a server and port, or the system's resolver when undefined. */
 export interface NameServer {
   readonly ipAddr: string;
@@ -125,7 +127,7 @@ function nodeShape(type: string, records: unknown[]): Answer {
 /** Maps a `Deno.resolveDns` failure to the Node error code mailauth understands. */
 export function dnsError(error: unknown, name: string, type: string): DnsError {
   if (error instanceof DnsError) return error;
-  const why = error instanceof Error ? error.message : String(error);
+  const why = describeError(error);
   if (error instanceof Deno.errors.NotFound) return new DnsError("ENOTFOUND", name, type, why);
   if (
     error instanceof Deno.errors.TimedOut ||

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { describeError } from "../log.ts";
 import type { Reply } from "../protocol/replies.ts";
 
 /** Where the LMTP server listens. */
@@ -77,9 +78,7 @@ export class LmtpConnection {
         : await Deno.connect({ hostname: address.hostname, port: address.port });
     } catch (error) {
       throw new LmtpError(
-        `cannot connect to ${formatLmtpAddress(address)}: ${
-          error instanceof Error ? error.message : error
-        }`,
+        `cannot connect to ${formatLmtpAddress(address)}: ${describeError(error)}`,
       );
     }
     const connection = new LmtpConnection(conn, timeout);
@@ -117,7 +116,7 @@ export class LmtpConnection {
     } catch (error) {
       this.#broken = true;
       throw new LmtpError(
-        `the connection broke: ${error instanceof Error ? error.message : error}`,
+        `the connection broke: ${describeError(error)}`,
       );
     }
   }
@@ -169,7 +168,7 @@ export class LmtpConnection {
       } catch (error) {
         this.#broken = true;
         throw new LmtpError(
-          `the connection broke: ${error instanceof Error ? error.message : error}`,
+          `the connection broke: ${describeError(error)}`,
         );
       } finally {
         clearTimeout(timer);

@@ -14,7 +14,7 @@ import { decide } from "./checks/check.ts";
 import type { Envelope } from "./envelope.ts";
 import { describeError } from "../log.ts";
 import { replyFor } from "./failure.ts";
-import { anyOf, HeaderFilter } from "./header_filter.ts";
+import { anyOf, type FieldPredicate, HeaderFilter } from "./header_filter.ts";
 import { MessagePrefix } from "./inspect.ts";
 import type { StoredCopy, Target, TargetTransaction } from "./targets/target.ts";
 import type { DataOutcome } from "../protocol/session.ts";
@@ -98,7 +98,7 @@ export class OpenMessage {
     this.#failure = failure;
     this.#runs = stages.checks.map((check) => ({ check: check.name, run: check.begin(envelope) }));
     this.#watchers = this.#runs.map(({ run }) => run).filter((run) => run.write !== undefined);
-    const drop = anyOf(stages.checks.flatMap((check) => check.dropsField ?? []));
+    const drop = droppedFields(stages);
     this.#filter = drop && new HeaderFilter(drop);
   }
 
@@ -219,6 +219,15 @@ export class OpenMessage {
       return ended({ kind: "refused", reply: replyFor(error) }, [], describeError(error), true);
     }
   }
+}
+
+// The checks' fields to drop, combined once per set of stages, not per message.
+const dropped = new WeakMap<MessageStages, FieldPredicate | undefined>();
+function droppedFields(stages: MessageStages): FieldPredicate | undefined {
+  if (!dropped.has(stages)) {
+    dropped.set(stages, anyOf(stages.checks.flatMap((check) => check.dropsField ?? [])));
+  }
+  return dropped.get(stages);
 }
 
 /** Reads one DATA section and stores it; never throws for a storage or check failure. */

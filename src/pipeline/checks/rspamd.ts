@@ -10,6 +10,7 @@
  */
 
 import type { Logger } from "@logtape/logtape";
+import { describeError } from "../../log.ts";
 import type { FieldRemoval } from "../../maildir/maildir.ts";
 import { formatAddress } from "../../protocol/address.ts";
 import { type Reply, reply } from "../../protocol/replies.ts";
@@ -164,9 +165,7 @@ export class RspamdCheck implements Check {
     } catch (error) {
       const why = error instanceof DOMException && error.name === "TimeoutError"
         ? `no answer within ${this.#options.timeout / 1000} s`
-        : error instanceof Error
-        ? error.message
-        : String(error);
+        : describeError(error);
       return this.#unchecked(why, true);
     } finally {
       release?.();

@@ -17,7 +17,8 @@
 
 import type { Logger } from "@logtape/logtape";
 import { concatBytes, headerEnd } from "../../bytes.ts";
-import { type LmtpConnection, LmtpError, type LmtpPool } from "../../lmtp/client.ts";
+import type { LmtpConnection, LmtpPool } from "../../lmtp/client.ts";
+import { describeError } from "../../log.ts";
 import { type FieldRemoval, removeFields, syncDirectory } from "../../maildir/maildir.ts";
 import { type Address, formatAddress } from "../../protocol/address.ts";
 import { formatReply, REPLIES, type Reply, reply } from "../../protocol/replies.ts";
@@ -89,7 +90,6 @@ export class LmtpTarget implements Target {
   readonly #options: LmtpOptions;
   readonly #log: Logger;
   readonly #sessions = new WeakMap<object, Session>();
-  readonly #count: ((code: number) => void) | undefined;
 
   /**
    * Delivers through `pool`; logs each recipient's outcome to `log`, and
@@ -104,7 +104,6 @@ export class LmtpTarget implements Target {
     this.#pool = pool;
     this.#options = { ...options, count };
     this.#log = log;
-    this.#count = count;
   }
 
   /**
@@ -123,7 +122,7 @@ export class LmtpTarget implements Target {
       } catch (error) {
         this.#log.warn("LMTP server {server} unavailable: {error}", {
           server: this.#pool.name,
-          error: describe(error),
+          error: describeError(error),
         });
         return LMTP_REPLIES.unavailable;
       }
@@ -141,7 +140,7 @@ export class LmtpTarget implements Target {
     } catch (error) {
       this.#log.warn("LMTP server {server} failed at RCPT: {error}", {
         server: this.#pool.name,
-        error: describe(error),
+        error: describeError(error),
       });
       if (!session) await this.#pool.give(connection);
       return LMTP_REPLIES.unavailable;
@@ -159,7 +158,7 @@ export class LmtpTarget implements Target {
     let accepted = 0;
     for (const [i, mailbox] of mailboxes.entries()) {
       const answer = answers[i];
-      this.#count?.(answer.code);
+      this.#options.count?.(answer.code);
       if (answer.code >= 200 && answer.code < 300) {
         session.accepted.push({ route, mailbox });
         accepted++;
@@ -196,29 +195,33 @@ export class LmtpTarget implements Target {
       if (envelope.transaction) this.#sessions.delete(envelope.transaction);
       await this.#pool.give(session.connection);
     };
-    if (this.#options.live) {
-      return LiveLmtpTransaction.start(
-        envelope,
-        session,
-        this.#options,
-        this.#log,
-        this.#pool.name,
-        release,
-      );
-    }
-    return Promise.resolve(
-      new LmtpTransaction(envelope, session, this.#options, this.#log, this.#pool.name, release),
-    );
+    const delivery: Delivery = {
+      envelope,
+      session,
+      options: this.#options,
+      log: this.#log,
+      server: this.#pool.name,
+      release,
+    };
+    if (this.#options.live) return LiveLmtpTransaction.start(delivery);
+    return Promise.resolve(new LmtpTransaction(delivery));
   }
 }
 
+/** What a message's transaction with the LMTP server works with. */
+interface Delivery {
+  readonly envelope: Envelope;
+  readonly session: Session;
+  readonly options: LmtpOptions;
+  readonly log: Logger;
+  /** The server's address, as written, for logs and copy names. */
+  readonly server: string;
+  /** Gives the session's connection back (RSET) once the message is done. */
+  readonly release: () => Promise<void>;
+}
+
 class LmtpTransaction implements TargetTransaction {
-  readonly #envelope: Envelope;
-  readonly #session: Session;
-  readonly #options: LmtpOptions;
-  readonly #log: Logger;
-  readonly #server: string;
-  readonly #release: () => Promise<void>;
+  readonly #delivery: Delivery;
   #memory: Uint8Array[] = [];
   #memoryBytes = 0;
   #file: Deno.FsFile | undefined;
@@ -226,31 +229,19 @@ class LmtpTransaction implements TargetTransaction {
   #keeper: Keeper | undefined;
   #done = false;
 
-  constructor(
-    envelope: Envelope,
-    session: Session,
-    options: LmtpOptions,
-    log: Logger,
-    server: string,
-    release: () => Promise<void>,
-  ) {
-    this.#envelope = envelope;
-    this.#session = session;
-    this.#options = options;
-    this.#log = log;
-    this.#server = server;
-    this.#release = release;
+  constructor(delivery: Delivery) {
+    this.#delivery = delivery;
   }
 
   async write(content: Uint8Array): Promise<void> {
-    if (!this.#file && this.#memoryBytes + content.length <= this.#options.memoryBytes) {
+    if (!this.#file && this.#memoryBytes + content.length <= this.#delivery.options.memoryBytes) {
       this.#memory.push(content.slice());
       this.#memoryBytes += content.length;
       return;
     }
     if (!this.#file) {
-      await Deno.mkdir(this.#options.spool, { recursive: true, mode: 0o700 });
-      this.#path = await Deno.makeTempFile({ dir: this.#options.spool, prefix: "lmtp-" });
+      await Deno.mkdir(this.#delivery.options.spool, { recursive: true, mode: 0o700 });
+      this.#path = await Deno.makeTempFile({ dir: this.#delivery.options.spool, prefix: "lmtp-" });
       this.#file = await Deno.open(this.#path, { write: true, read: true });
       for (const part of this.#memory) await writeAll(this.#file, part);
       this.#memory = [];
@@ -260,21 +251,25 @@ class LmtpTransaction implements TargetTransaction {
 
   async commit(disposition: Disposition): Promise<StoredCopy[]> {
     this.#done = true;
-    const connection = this.#session.connection;
-    const accepted = this.#session.accepted;
+    const connection = this.#delivery.session.connection;
+    const accepted = this.#delivery.session.accepted;
     try {
       await startData(connection);
       // Our Received line, then what the checks add; LMTP has no folders, so a
       // junk verdict is a header field a Sieve rule files (see the README).
-      let top = receivedHeader(this.#envelope, this.#options.hostname, uniqueRecipients(accepted)) +
+      let top = receivedHeader(
+        this.#delivery.envelope,
+        this.#delivery.options.hostname,
+        uniqueRecipients(accepted),
+      ) +
         disposition.headerFields;
       if (disposition.junk && !/^X-Spam: Yes$/im.test(disposition.headerFields)) {
         top += "X-Spam: Yes\n";
       }
       const stuffer = new DotStuffer();
       // With hooks, what is sent is also written to a file for them.
-      const keep = this.#options.keepFor
-        ? await Keeper.open(this.#options.keepFor, this.#envelope.id)
+      const keep = this.#delivery.options.keepFor
+        ? await Keeper.open(this.#delivery.options.keepFor, this.#delivery.envelope.id)
         : undefined;
       this.#keeper = keep;
       const emit = async (piece: Uint8Array) => {
@@ -284,18 +279,18 @@ class LmtpTransaction implements TargetTransaction {
       await emit(encoder.encode(top));
       await this.#sendContent(emit, disposition.removeFields);
       await connection.write(stuffer.end());
-      const answers = await replies(connection, accepted.length, this.#options.count);
-      const copies = outcome(this.#envelope, this.#session, answers, this.#server, this.#log);
+      const answers = await replies(connection, accepted.length, this.#delivery.options.count);
+      const copies = outcome(this.#delivery, answers);
       if (!keep) return copies;
       const local = await keep.commit();
       this.#keeper = undefined;
       return copies.map((copy) => ({ ...copy, local }));
     } catch (error) {
       if (error instanceof ReplyError) throw error;
-      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+      throw new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
     } finally {
       await this.#cleanUp();
-      await this.#release();
+      await this.#delivery.release();
     }
   }
 
@@ -332,7 +327,7 @@ class LmtpTransaction implements TargetTransaction {
     if (this.#done) return;
     this.#done = true;
     await this.#cleanUp();
-    await this.#release();
+    await this.#delivery.release();
   }
 
   async #cleanUp(): Promise<void> {
@@ -353,13 +348,7 @@ class LmtpTransaction implements TargetTransaction {
  * Our outcome from the LMTP server's one reply per recipient: every copy when
  * all said 2xx; else a refusal (that 5xx when all refused for good, else 451).
  */
-function outcome(
-  envelope: Envelope,
-  session: Session,
-  answers: Reply[],
-  server: string,
-  log: Logger,
-): StoredCopy[] {
+function outcome({ envelope, session, server, log }: Delivery, answers: Reply[]): StoredCopy[] {
   const accepted = session.accepted;
   const saved = accepted.filter((_, i) => answers[i].code >= 200 && answers[i].code < 300);
   for (let i = 0; i < accepted.length; i++) {
@@ -412,7 +401,7 @@ async function exchange(connection: LmtpConnection, lines: readonly string[]): P
 /** DATA, and its 354; anything else is the reply's refusal or 451 4.4.1. */
 async function startData(connection: LmtpConnection): Promise<void> {
   const data = await connection.command("DATA").catch((error) => {
-    throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+    throw new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
   });
   if (data.code !== 354) throw new ReplyError(relayed(data), `DATA answered ${data.code}`);
 }
@@ -427,7 +416,7 @@ async function replies(
   for (let i = 0; i < count; i++) {
     answers.push(
       await connection.reply().catch((error) => {
-        throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+        throw new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
       }),
     );
     counter?.(answers[i].code);
@@ -443,47 +432,17 @@ async function replies(
  * marker the server stores nothing.
  */
 class LiveLmtpTransaction implements TargetTransaction {
-  readonly #envelope: Envelope;
-  readonly #session: Session;
-  readonly #log: Logger;
-  readonly #server: string;
-  readonly #release: () => Promise<void>;
-  readonly #count: ((code: number) => void) | undefined;
+  readonly #delivery: Delivery;
   readonly #stuffer = new DotStuffer();
   #done = false;
 
-  private constructor(
-    envelope: Envelope,
-    session: Session,
-    log: Logger,
-    server: string,
-    release: () => Promise<void>,
-    count: ((code: number) => void) | undefined,
-  ) {
-    this.#envelope = envelope;
-    this.#session = session;
-    this.#log = log;
-    this.#server = server;
-    this.#release = release;
-    this.#count = count;
+  private constructor(delivery: Delivery) {
+    this.#delivery = delivery;
   }
 
-  static async start(
-    envelope: Envelope,
-    session: Session,
-    options: LmtpOptions,
-    log: Logger,
-    server: string,
-    release: () => Promise<void>,
-  ): Promise<TargetTransaction> {
-    const transaction = new LiveLmtpTransaction(
-      envelope,
-      session,
-      log,
-      server,
-      release,
-      options.count,
-    );
+  static async start(delivery: Delivery): Promise<TargetTransaction> {
+    const { envelope, session, options } = delivery;
+    const transaction = new LiveLmtpTransaction(delivery);
     try {
       await startData(session.connection);
       const top = receivedHeader(envelope, options.hostname, uniqueRecipients(session.accepted));
@@ -492,36 +451,32 @@ class LiveLmtpTransaction implements TargetTransaction {
       await transaction.abort();
       throw error instanceof ReplyError
         ? error
-        : new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+        : new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
     }
     return transaction;
   }
 
   async write(content: Uint8Array): Promise<void> {
     try {
-      await this.#session.connection.write(this.#stuffer.push(content));
+      await this.#delivery.session.connection.write(this.#stuffer.push(content));
     } catch (error) {
-      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+      throw new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
     }
   }
 
   async commit(): Promise<StoredCopy[]> {
     this.#done = true;
-    const connection = this.#session.connection;
+    const connection = this.#delivery.session.connection;
     try {
       await connection.write(this.#stuffer.end());
-      return outcome(
-        this.#envelope,
-        this.#session,
-        await replies(connection, this.#session.accepted.length, this.#count),
-        this.#server,
-        this.#log,
-      );
+      const { session, options } = this.#delivery;
+      const answers = await replies(connection, session.accepted.length, options.count);
+      return outcome(this.#delivery, answers);
     } catch (error) {
       if (error instanceof ReplyError) throw error;
-      throw new ReplyError(LMTP_REPLIES.unavailable, describe(error));
+      throw new ReplyError(LMTP_REPLIES.unavailable, describeError(error));
     } finally {
-      await this.#release();
+      await this.#delivery.release();
     }
   }
 
@@ -529,8 +484,8 @@ class LiveLmtpTransaction implements TargetTransaction {
     if (this.#done) return;
     this.#done = true;
     // Mid-DATA there is no way back but to hang up: the server then stores nothing.
-    this.#session.connection.close();
-    await this.#release();
+    this.#delivery.session.connection.close();
+    await this.#delivery.release();
   }
 }
 
@@ -668,10 +623,6 @@ function relayed(answer: Reply): Reply {
   if (answer.code < 400 || answer.code > 599) return LMTP_REPLIES.unavailable;
   const enhanced = answer.enhanced ?? (answer.code >= 500 ? "5.0.0" : "4.0.0");
   return reply(answer.code, enhanced, answer.lines[0] || "Refused by the mail store");
-}
-
-function describe(error: unknown): string {
-  return error instanceof LmtpError || error instanceof Error ? error.message : String(error);
 }
 
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
