@@ -5,7 +5,7 @@
  * 127.0.0.2, bob on 127.0.0.3, each with IMAP for reading back.
  */
 
-import { dovecotBase } from "./_lmtp_dovecot.ts";
+import { dovecotBase, passwdFileUsers } from "./_lmtp_dovecot.ts";
 import { freePort, run } from "./_server.ts";
 import { assertEquals } from "./_assert.ts";
 
@@ -35,7 +35,7 @@ async function dovecot(
     `${dir}/dovecot.conf`,
     `
 ${dovecotBase(dir, address, `letterbox-cluster-${name}-${freePort()}`)}
-${auth.replaceAll("USERS", `${dir}/users`).replaceAll("DIR", dir)}
+${auth.replaceAll("USERDB", passwdFileUsers(dir)).replaceAll("USERS", `${dir}/users`)}
 ${listeners}
 `,
   );
@@ -69,15 +69,7 @@ async function listening(hostname: string, port: number): Promise<void> {
 
 const BACKEND_AUTH = `
 protocols = imap lmtp
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n USERS
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%n USERS
-  default_fields = uid=nobody gid=nogroup home=DIR/mail/%n
-}`;
+USERDB`;
 
 function backendListeners(address: string, imap: number, lmtp: number): string {
   return `

@@ -27,6 +27,22 @@ first_valid_gid = 65534
 mail_location = maildir:${dir}/mail/%n/Maildir:INDEX=${dir}/index/%n`;
 }
 
+/**
+ * Users from `dir/users` (passwd-file, plaintext passwords), served as
+ * nobody with homes under `dir/mail`.
+ */
+export function passwdFileUsers(dir: string): string {
+  return `passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n ${dir}/users
+}
+userdb {
+  driver = passwd-file
+  args = username_format=%n ${dir}/users
+  default_fields = uid=nobody gid=nogroup home=${dir}/mail/%n
+}`;
+}
+
 /** True when a private Dovecot with LMTP can run here (as root, with the packages). */
 export const canRunLmtpDovecot: boolean = Deno.uid() === 0 && await have(DOVECOT) &&
   await have("/usr/lib/dovecot/lmtp");
@@ -56,15 +72,7 @@ protocol lmtp {
   mail_plugins = $mail_plugins sieve
   lmtp_rcpt_check_quota = yes
 }
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n ${dir}/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%n ${dir}/users
-  default_fields = uid=nobody gid=nogroup home=${dir}/mail/%n
-}
+${passwdFileUsers(dir)}
 service imap-login {
   inet_listener imap {
     address = 127.0.0.1

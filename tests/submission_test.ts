@@ -4,6 +4,7 @@
  * of 128 KiB for a large one). Submitted with swaks, stored byte-exact.
  */
 
+import { passwdFileUsers } from "./_lmtp_dovecot.ts";
 import { freePort, have, readMessages, run, startServer } from "./_server.ts";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 
@@ -26,15 +27,7 @@ hostname = sub.example.test
 first_valid_uid = 65534
 first_valid_gid = 65534
 mail_location = maildir:${dir}/mail/%n/Maildir
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n ${dir}/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%n ${dir}/users
-  default_fields = uid=nobody gid=nogroup home=${dir}/mail/%n
-}
+${passwdFileUsers(dir)}
 submission_relay_host = 127.0.0.1
 submission_relay_port = ${relayPort}
 submission_relay_trusted = yes
