@@ -38,6 +38,18 @@ const CASES: [string, string[], Record<string, string>, RegExp][] = [
     /^letterbox: Cannot authenticate senders: Letterbox may not connect to \S+:53; .*make build DNS_SERVERS=/,
   ],
   [
+    "a bad --lmtp address",
+    ["--lmtp", "dovecot"],
+    {},
+    /^letterbox: Cannot use --lmtp "dovecot": write HOST:PORT, \[V6\]:PORT or unix:\/path/,
+  ],
+  [
+    "an LMTP server it may not reach",
+    ["--authentication", "off", "--lmtp", "192.0.2.7:24"],
+    {},
+    /^letterbox: Cannot use --lmtp "192\.0\.2\.7:24": Letterbox may not connect to 192\.0\.2\.7:24; .*make build LMTP_HOSTS=192\.0\.2\.7:24$/,
+  ],
+  [
     "a bad --rspamd URL",
     ["--rspamd", "127.0.0.1:11333"],
     {},
