@@ -67,6 +67,54 @@ export async function configureLogging(level: LogLevel, format: LogFormat): Prom
   });
 }
 
+/**
+ * A message template parsed once, for the lines logged per message and per
+ * connection: LogTape parses a template string again on every call and wraps
+ * the record in getters and copies, which measured about a tenth of the CPU
+ * spent on a 1 KiB message (see {@link logLine}). Placeholders are plain
+ * property names, `{id}`.
+ */
+export class LogTemplate {
+  /** The template as written, LogTape's `rawMessage`. */
+  readonly raw: string;
+  readonly #texts: string[] = [];
+  readonly #names: string[] = [];
+
+  constructor(raw: string) {
+    this.raw = raw;
+    const parts = raw.split(/\{([A-Za-z_][A-Za-z0-9_]*)\}/);
+    for (let i = 0; i < parts.length; i++) (i % 2 === 0 ? this.#texts : this.#names).push(parts[i]);
+  }
+
+  /** LogTape's message array: text, value, text, ..., text. */
+  message(properties: Readonly<Record<string, unknown>>): unknown[] {
+    const message: unknown[] = [this.#texts[0]];
+    for (let i = 0; i < this.#names.length; i++) {
+      message.push(properties[this.#names[i]], this.#texts[i + 1]);
+    }
+    return message;
+  }
+}
+
+/** Logs `properties` through `template` as `log.info(template.raw, properties)` would. */
+export function logLine(
+  log: Logger,
+  level: LogLevel,
+  template: LogTemplate,
+  properties: Record<string, unknown>,
+): void {
+  if (!log.isEnabledFor(level)) return;
+  const record: LogRecord = {
+    category: log.category,
+    level,
+    timestamp: Date.now(),
+    message: template.message(properties),
+    rawMessage: template.raw,
+    properties,
+  };
+  log.emit(record);
+}
+
 /** An error as one line of text for a log line or a message to the operator. */
 export function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

@@ -13,7 +13,7 @@ import { type Envelope, newQueueId } from "../pipeline/envelope.ts";
 import type { Pipeline } from "../pipeline/pipeline.ts";
 import type { Route } from "../pipeline/route.ts";
 import { LIMITS } from "../limits.ts";
-import { describeError } from "../log.ts";
+import { describeError, logLine, LogTemplate } from "../log.ts";
 import { ChunkDecoder, LineReader } from "../protocol/line_reader.ts";
 import type { OpenMessage } from "../pipeline/message.ts";
 import { formatReply, greeting, REPLIES, type Reply } from "../protocol/replies.ts";
@@ -26,6 +26,9 @@ import {
 import { ReplyWriter } from "./reply_writer.ts";
 import { ReadTimeoutError, type Transport } from "./transport.ts";
 
+// Logged for every connection: parsed once (see LogTemplate).
+const CONNECTED = new LogTemplate("Connection from {peer}");
+const DISCONNECTED = new LogTemplate("Disconnected {peer} after {ms} ms, tls={tls}");
 /** What connections and the server report as they go, for metrics. */
 export interface ConnectionObserver {
   /** A connection was accepted. */
@@ -133,7 +136,7 @@ export class Connection {
   async serve(): Promise<void> {
     const transport = this.#transport;
     const started = performance.now();
-    this.#log.info("Connection from {peer}", {
+    logLine(this.#log, "info", CONNECTED, {
       peer: `${transport.remoteAddress}:${transport.remotePort}`,
     });
     try {
@@ -153,7 +156,7 @@ export class Connection {
       if (this.#transaction) await this.#options.pipeline.ended(this.#transaction)?.catch(() => {});
       this.#transaction = undefined;
       transport.close();
-      this.#log.info("Disconnected {peer} after {ms} ms, tls={tls}", {
+      logLine(this.#log, "info", DISCONNECTED, {
         peer: transport.remoteAddress,
         ms: Math.round(performance.now() - started),
         tls: transport.tls ? transport.tls.protocol : "no",

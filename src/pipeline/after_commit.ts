@@ -10,7 +10,7 @@
 import type { Logger } from "@logtape/logtape";
 import type { HookQueue } from "../hooks/queue.ts";
 import { LIMITS } from "../limits.ts";
-import { describeError } from "../log.ts";
+import { describeError, logLine, LogTemplate } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { formatAddress } from "../protocol/address.ts";
 import { formatReply, type Reply } from "../protocol/replies.ts";
@@ -136,11 +136,10 @@ export class AfterCommit {
     const checks = checksSummary(result);
     const summary = inspectMessage(result.prefix.bytes(), result.prefix.truncated).then(
       (summary) => {
-        log.info(
-          "Delivered {id} from {sender} to {recipients}, {size} bytes, message-id {messageId}, " +
-            "subject {subject}, from {from}, {attachments} attachments, in {ms} ms; " +
-            "client {client} {helo}, by {transfer}, stored in {folders}" +
-            (checks ? "; checks {checks}" : ""),
+        logLine(
+          log,
+          "info",
+          checks ? DELIVERED_CHECKED : DELIVERED,
           {
             id: envelope.id,
             sender: envelope.sender ? formatAddress(envelope.sender) : "<>",
@@ -179,6 +178,13 @@ export class AfterCommit {
     await Promise.all(this.#pending);
   }
 }
+
+// The line of every delivered message, parsed once (see LogTemplate).
+const DELIVERED_TEMPLATE = "Delivered {id} from {sender} to {recipients}, {size} bytes, " +
+  "message-id {messageId}, subject {subject}, from {from}, {attachments} attachments, " +
+  "in {ms} ms; client {client} {helo}, by {transfer}, stored in {folders}";
+const DELIVERED = new LogTemplate(DELIVERED_TEMPLATE);
+const DELIVERED_CHECKED = new LogTemplate(`${DELIVERED_TEMPLATE}; checks {checks}`);
 
 // "authentication spf=pass dkim=pass ...; rspamd action=..." for the log line, or "" without checks.
 function checksSummary(result: EndedMessage): string {
