@@ -11,6 +11,9 @@
  * several rounds, and reports each ratio as the median of the ratios within
  * a round: neighbours in time, not best against best.
  *
+ * Results go to bench/results/DATE.json, with a chart of them (bench/chart.ts)
+ * in DATE.svg.
+ *
  * Usage: deno run -A bench/bench.ts [--seconds 2] [--rounds 5] [--quick]
  *        [--only CxS] [--out FILE] [--baseline DIR] [--no-checks]
  *
@@ -22,6 +25,7 @@
  */
 
 import { parseArgs as untypedParseArgs } from "@std/cli/parse-args";
+import { chartSvg } from "./chart.ts";
 import { dkimSigned, makeDkimKey } from "../tests/_dkim.ts";
 import { startDns } from "../tests/_dns.ts";
 import { canRunLmtpDovecot, startLmtpDovecot } from "../tests/_lmtp_dovecot.ts";
@@ -385,7 +389,7 @@ const PEERS = `${ROOT}/.tools/peers`;
  * (bench/peer/smtp_server_peer.mjs), when `make bench` installed it into
  * .tools/peers. Run from there, where Node resolves its package.
  */
-async function startSmtpServerPeer(maildir: string): Promise<Started | undefined> {
+async function startSmtpServerPeer(maildir: string, tls = false): Promise<Started | undefined> {
   try {
     await Deno.stat(`${PEERS}/node_modules/smtp-server`);
   } catch {
@@ -393,7 +397,12 @@ async function startSmtpServerPeer(maildir: string): Promise<Started | undefined
   }
   await Deno.copyFile(`${ROOT}/bench/peer/smtp_server_peer.mjs`, `${PEERS}/smtp_server_peer.mjs`);
   const child = new Deno.Command("node", {
-    args: [`${PEERS}/smtp_server_peer.mjs`, maildir],
+    args: [
+      `${PEERS}/smtp_server_peer.mjs`,
+      maildir,
+      // STARTTLS with the certificate Letterbox's TLS rows use.
+      ...(tls ? [`${ROOT}/certs/leaf.pem`, `${ROOT}/certs/leaf-key.pem`] : []),
+    ],
     stdout: "piped",
     stderr: "null",
     stdin: "null",
@@ -569,12 +578,16 @@ interface Row {
   slices: { letterbox: number[]; disk: number[] };
   sinkCeiling?: number;
   sinkRatio?: number;
-  /** Plain rows: nodemailer's smtp-server with a durable handler, and Letterbox's ratio to it. */
+  /**
+   * nodemailer's smtp-server with a durable handler, plain or with STARTTLS
+   * as the row is, and Letterbox's ratio to it.
+   */
   peer?: {
     messagesPerSecond: number;
     ratio: number;
     cpuPerMessage: number;
     p50: number;
+    p99: number;
     peakRss: number;
   };
   /** With --baseline: the baseline's msg/s and the median within-round ratio to it (plain only). */
@@ -589,7 +602,7 @@ interface Row {
   diskCpuPerMessage: number;
 }
 
-type Mode = "disk" | "plain" | "tls" | "sink" | "peer" | "baseline" | CheckName;
+type Mode = "disk" | "plain" | "tls" | "sink" | "peer" | "peerTls" | "baseline" | CheckName;
 const rate = (result: LoadResult) => result.messages / result.seconds;
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -616,6 +629,24 @@ async function clearCells(dir: string): Promise<void> {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
   await new Deno.Command("sync").output();
   await new Promise((resolve) => setTimeout(resolve, 6_000));
+}
+
+/** A row's smtp-server figures from its slices, beside Letterbox's `runs` of the same rounds. */
+function peerRow(
+  peer: Started | undefined,
+  runs: LoadResult[],
+  slices: LoadResult[],
+): Row["peer"] {
+  if (!peer || slices.length === 0) return undefined;
+  const latencies = slices.flatMap((r) => r.latencies).sort((a, b) => a - b);
+  return {
+    messagesPerSecond: median(slices.map(rate)),
+    ratio: pairedRatio(runs, slices),
+    cpuPerMessage: cpuPerMessage(slices),
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
+    peakRss: memory(peer.pid, "VmHWM"),
+  };
 }
 
 const rows: Row[] = [];
@@ -647,10 +678,16 @@ for (const size of SIZES) {
     }
     const modes: Mode[] = ["disk", "plain", "tls"];
     if (sink) modes.push("sink");
-    // The peer to beat: a fresh smtp-server for the cell, its own Maildir.
+    // The peer to beat: fresh smtp-servers for the cell, plain and with
+    // STARTTLS, each with its own Maildir.
     await Deno.mkdir(`${cell}/peer`, { recursive: true });
-    const peer = await startSmtpServerPeer(`${cell}/peer`);
-    if (peer) modes.push("peer");
+    await Deno.mkdir(`${cell}/peer-tls`, { recursive: true });
+    const peers = {
+      peer: await startSmtpServerPeer(`${cell}/peer`),
+      peerTls: await startSmtpServerPeer(`${cell}/peer-tls`, true),
+    };
+    if (peers.peer) modes.push("peer");
+    if (peers.peerTls) modes.push("peerTls");
     if (baseline) modes.push("baseline");
     modes.push(...checkModes.map((check) => check.name));
     const results: Record<Mode, LoadResult[]> = {
@@ -659,6 +696,7 @@ for (const size of SIZES) {
       tls: [],
       sink: [],
       peer: [],
+      peerTls: [],
       baseline: [],
       authentication: [],
       rspamd: [],
@@ -671,6 +709,8 @@ for (const size of SIZES) {
     await smtpLoad(servers.plain.port, connections, size, false, 1);
     await smtpLoad(servers.tls.port, connections, size, true, 1);
     if (sink) await smtpLoad(sink.port, connections, size, false, 1);
+    if (peers.peer) await smtpLoad(peers.peer.port, connections, size, false, 1);
+    if (peers.peerTls) await smtpLoad(peers.peerTls.port, connections, size, true, 1);
     if (baseline) await smtpLoad(baseline.port, connections, size, false, 1);
     for (const { server, message } of Object.values(checkServers)) {
       await smtpLoad(server.port, connections, size, false, 1, message);
@@ -686,10 +726,11 @@ for (const size of SIZES) {
           results.disk.push({ ...result, cpuMs: cpuTime(Deno.pid) - before });
         } else if (mode === "sink") {
           results.sink.push(await smtpLoad(sink!.port, connections, size, false, SECONDS));
-        } else if (mode === "peer") {
-          const before = cpuTime(peer!.pid);
-          const result = await smtpLoad(peer!.port, connections, size, false, SECONDS);
-          results.peer.push({ ...result, cpuMs: cpuTime(peer!.pid) - before });
+        } else if (mode === "peer" || mode === "peerTls") {
+          const peer = peers[mode]!;
+          const before = cpuTime(peer.pid);
+          const result = await smtpLoad(peer.port, connections, size, mode === "peerTls", SECONDS);
+          results[mode].push({ ...result, cpuMs: cpuTime(peer.pid) - before });
         } else if (mode === "authentication" || mode === "rspamd" || mode === "lmtp") {
           const { server, message } = checkServers[mode]!;
           const before = cpuTime(server.pid);
@@ -734,15 +775,11 @@ for (const size of SIZES) {
         slices: { letterbox: runs.map(rate), disk: results.disk.map(rate) },
         sinkCeiling: mode === "plain" ? sinkRate : undefined,
         sinkRatio: mode === "plain" && sink ? pairedRatio(runs, results.sink) : undefined,
-        peer: mode === "plain" && peer
-          ? {
-            messagesPerSecond: median(results.peer.map(rate)),
-            ratio: pairedRatio(runs, results.peer),
-            cpuPerMessage: cpuPerMessage(results.peer),
-            p50: percentile(results.peer.flatMap((r) => r.latencies).sort((a, b) => a - b), 0.5),
-            peakRss: memory(peer.pid, "VmHWM"),
-          }
-          : undefined,
+        peer: peerRow(
+          peers[mode === "tls" ? "peerTls" : "peer"],
+          runs,
+          results[mode === "tls" ? "peerTls" : "peer"],
+        ),
         baselineRate: mode === "plain" && baseline ? median(results.baseline.map(rate)) : undefined,
         baselineRatio: mode === "plain" && baseline
           ? pairedRatio(runs, results.baseline)
@@ -789,7 +826,9 @@ for (const size of SIZES) {
               row.peer.ratio.toFixed(2)
             }x), CPU ${row.peer.cpuPerMessage.toFixed(2)} ms/msg, p50 ${
               row.peer.p50.toFixed(1)
-            } ms, peak RSS ${(row.peer.peakRss / 2 ** 20).toFixed(0)} MiB`
+            } ms, p99 ${row.peer.p99.toFixed(1)} ms, peak RSS ${
+              (row.peer.peakRss / 2 ** 20).toFixed(0)
+            } MiB`
             : "") +
           Object.entries(row.checks ?? {}).map(([name, check]) =>
             ` | ${name} on ${check.messagesPerSecond.toFixed(0).padStart(6)} msg/s (${
@@ -803,7 +842,8 @@ for (const size of SIZES) {
     await servers.tls.stop();
     await baseline?.stop();
     for (const { server } of Object.values(checkServers)) await server.stop();
-    await peer?.stop();
+    await peers.peer?.stop();
+    await peers.peerTls?.stop();
   }
   await clearCells(cells);
 }
@@ -960,12 +1000,25 @@ const results = {
 const out = (flags.out as string | undefined) ??
   `${ROOT}/bench/results/${results.date.slice(0, 10)}.json`;
 await Deno.writeTextFile(out, JSON.stringify(results, null, 2) + "\n");
-console.log(`results: ${out}`);
+// The chart beside the JSON, from the same rows.
+const chart = out.replace(/\.json$/, "") + ".svg";
+await Deno.writeTextFile(
+  chart,
+  chartSvg(
+    rows,
+    `make bench, ${
+      results.date.slice(0, 10)
+    }: ${machine.cpus} CPUs (${machine.cpu}), ${machine.filesystem}${
+      machine.journal ? ` (journal: ${machine.journal})` : ""
+    }, Deno ${machine.deno}, ${ROUNDS} rounds of ${SECONDS} s`,
+  ),
+);
+console.log(`results: ${out}, chart: ${chart}`);
 
 // The README's table, from these results.
 const fixed = (value: number, digits: number) => value.toFixed(digits);
 const lines = [
-  "| connections | size | mode | msg/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk loop msg/s | vs disk loop (rounds' range) | vs smtp-sink | vs smtp-server (its msg/s, CPU ms/msg, RSS MiB) | CPU ms/msg (disk loop's) |",
+  "| connections | size | mode | msg/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk loop msg/s | vs disk loop (rounds' range) | vs smtp-sink | vs smtp-server, plain or STARTTLS as the row (its msg/s, p50 ms, CPU ms/msg, peak RSS MiB) | CPU ms/msg (disk loop's) |",
   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ...rows.map((row) =>
     `| ${row.connections} | ${sizeName(row.size)} | ${row.tls ? "STARTTLS" : "plain"} | ${
@@ -979,8 +1032,8 @@ const lines = [
     } | ${
       row.peer
         ? `${fixed(row.peer.ratio, 2)}x (${fixed(row.peer.messagesPerSecond, 0)}, ${
-          fixed(row.peer.cpuPerMessage, 2)
-        }, ${fixed(row.peer.peakRss / 2 ** 20, 0)})`
+          fixed(row.peer.p50, 1)
+        }, ${fixed(row.peer.cpuPerMessage, 2)}, ${fixed(row.peer.peakRss / 2 ** 20, 0)})`
         : "—"
     } | ${fixed(row.cpuPerMessage, 2)} (${fixed(row.diskCpuPerMessage, 2)}) |`
   ),

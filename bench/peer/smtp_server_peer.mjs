@@ -3,11 +3,15 @@
 // fsync, rename into new/, fsync new/, then the callback. Any error unlinks
 // the tmp file and answers 451.
 //
-// Usage: node bench/peer/smtp_server_peer.mjs MAILDIR   (prints "listening PORT")
+// Usage: node bench/peer/smtp_server_peer.mjs MAILDIR [CERT KEY]   (prints "listening PORT")
+// With a certificate and key it offers STARTTLS, as Letterbox does.
 import { SMTPServer } from "smtp-server";
 import fs from "node:fs/promises";
 
-const maildir = process.argv[2];
+const [maildir, certFile, keyFile] = process.argv.slice(2);
+const tls = certFile && keyFile
+  ? { cert: await fs.readFile(certFile), key: await fs.readFile(keyFile) }
+  : undefined;
 await fs.mkdir(`${maildir}/tmp`, { recursive: true });
 await fs.mkdir(`${maildir}/new`, { recursive: true });
 const newDir = await fs.open(`${maildir}/new`, "r");
@@ -16,8 +20,9 @@ let sequence = 0;
 const server = new SMTPServer({
   disableReverseLookup: true,
   authOptional: true,
-  disabledCommands: ["AUTH", "STARTTLS"],
-  hideSTARTTLS: true,
+  disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
+  hideSTARTTLS: !tls,
+  ...tls,
   logger: false,
   size: 256 * 1024 * 1024,
   maxClients: 20000,
