@@ -134,12 +134,7 @@ export class AfterCommit {
     }
     const ms = Date.now() - envelope.receivedAt.getTime();
     const checks = checksSummary(result);
-    // The line is made once the 250 has gone out (the next macrotask): the
-    // client waits for the reply, not for the header summary and the log
-    // write, which were on its path before it.
-    const summary = afterReply().then(() =>
-      inspectMessage(result.prefix.bytes(), result.prefix.truncated)
-    ).then(
+    const summary = inspectMessage(result.prefix.bytes(), result.prefix.truncated).then(
       (summary) => {
         logLine(
           log,
@@ -182,10 +177,6 @@ export class AfterCommit {
   async settled(): Promise<void> {
     await Promise.all(this.#pending);
   }
-}
-
-function afterReply(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 // The line of every delivered message, parsed once (see LogTemplate).
