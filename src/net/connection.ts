@@ -10,13 +10,13 @@
 import type { Logger } from "@logtape/logtape";
 import type tls from "node:tls";
 import { type Envelope, newQueueId } from "../pipeline/envelope.ts";
-import type { Pipeline } from "../pipeline/pipeline.ts";
+import type { Answer, Pipeline } from "../pipeline/pipeline.ts";
 import type { Route } from "../pipeline/route.ts";
 import { LIMITS } from "../limits.ts";
 import { describeError, logLine, LogTemplate } from "../log.ts";
 import { ChunkDecoder, LineReader } from "../protocol/line_reader.ts";
 import type { OpenMessage } from "../pipeline/message.ts";
-import { formatReply, greeting, REPLIES, type Reply } from "../protocol/replies.ts";
+import { formatReply, greeting, REPLIES } from "../protocol/replies.ts";
 import {
   type Action,
   Session,
@@ -250,10 +250,16 @@ export class Connection {
           // From the 354 on, a shutdown waits for this message to finish.
           this.#inData = true;
           await this.#replies.flush();
-          const reply = await this.#receive(action.transaction);
-          if (reply === undefined) return;
-          this.#replies.queue(reply);
-          if (this.#reader.buffered === 0 || this.#shuttingDown) await this.#replies.flush();
+          const answer = await this.#receive(action.transaction);
+          if (answer === undefined) return;
+          this.#replies.queue(answer.reply);
+          // The write starts inside flush(); the log line follows it in the
+          // same turn, off the client's path.
+          const sent = this.#reader.buffered === 0 || this.#shuttingDown
+            ? this.#replies.flush()
+            : undefined;
+          answer.report();
+          await sent;
           break;
         }
       }
@@ -353,16 +359,16 @@ export class Connection {
         await chunked.message.write(tail.output, tail.lines);
       }
       this.#chunked = undefined;
-      this.#replies.queue(
-        await this.#options.pipeline.finish(
-          chunked.message,
-          chunked.envelope,
-          session,
-          this.#log,
-          chunked.wireBytes,
-          chunked.tooBig,
-        ),
+      const answer = await this.#options.pipeline.finish(
+        chunked.message,
+        chunked.envelope,
+        session,
+        this.#log,
+        chunked.wireBytes,
+        chunked.tooBig,
       );
+      this.#replies.queue(answer.reply);
+      answer.report();
       return true;
     } finally {
       this.#inData = false;
@@ -389,8 +395,8 @@ export class Connection {
     };
   }
 
-  // Reads one message through the pipeline; the reply, or undefined when the client went away.
-  async #receive(transaction: Transaction<Route>): Promise<Reply | undefined> {
+  // Reads one message through the pipeline; the answer, or undefined when the client went away.
+  async #receive(transaction: Transaction<Route>): Promise<Answer | undefined> {
     const session = this.#session!;
     const transport = this.#transport;
     const envelope: Envelope = this.#envelope(transaction, "DATA");
@@ -399,14 +405,14 @@ export class Connection {
     transport.bulk = true;
     this.#readingMessage = true;
     try {
-      const reply = await this.#options.pipeline.receive(
+      const answer = await this.#options.pipeline.receive(
         this.#reader,
         envelope,
         session,
         this.#log,
       );
       this.#readingMessage = false;
-      return reply;
+      return answer;
     } finally {
       this.#inData = false;
       transport.idleTimeout = Infinity;

@@ -97,13 +97,19 @@ export class AfterCommit {
     }
   }
 
-  /** Counts the message and logs its one line, once its reply is known. */
+  /**
+   * Counts the message once its reply is known, and returns the writing of
+   * its one line, for the caller to run once the reply is on its way: the
+   * header summary and the log write cost 0.09 ms before the 250 at one
+   * connection. (The same turn of the event loop: a timer for it was one more
+   * wake-up a message, and slower.)
+   */
   answered(
     envelope: Envelope,
     result: Extract<MessageResult, { kind: "ended" }>,
     reply: Reply,
     log: Logger,
-  ): void {
+  ): () => void {
     const metrics = this.#options.metrics;
     const queued = result.outcome.kind === "queued";
     if (queued) this.#failuresInARow = 0;
@@ -130,10 +136,20 @@ export class AfterCommit {
         why: result.failure,
         checks,
       });
-      return;
+      return NOTHING;
     }
     const ms = Date.now() - envelope.receivedAt.getTime();
     const checks = checksSummary(result);
+    return () => this.#logDelivered(envelope, result, log, checks, ms);
+  }
+
+  #logDelivered(
+    envelope: Envelope,
+    result: EndedMessage,
+    log: Logger,
+    checks: string,
+    ms: number,
+  ): void {
     const summary = inspectMessage(result.prefix.bytes(), result.prefix.truncated).then(
       (summary) => {
         logLine(
@@ -178,6 +194,8 @@ export class AfterCommit {
     await Promise.all(this.#pending);
   }
 }
+
+const NOTHING = () => {};
 
 // The line of every delivered message, parsed once (see LogTemplate).
 const DELIVERED_TEMPLATE = "Delivered {id} from {sender} to {recipients}, {size} bytes, " +

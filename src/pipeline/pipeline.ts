@@ -25,6 +25,16 @@ import {
 } from "./message.ts";
 import type { Route, Router } from "./route.ts";
 
+/**
+ * The end of a message: its reply, and the writing of its log line, which the
+ * connection runs once the reply is on its way (the client waits for the
+ * reply, not for the line).
+ */
+export interface Answer {
+  readonly reply: Reply;
+  readonly report: () => void;
+}
+
 /** Every stage, wired once for the whole server. */
 export class Pipeline {
   readonly #router: Router;
@@ -82,15 +92,15 @@ export class Pipeline {
 
   /**
    * DATA: reads the message from `source`, stores it, and returns the reply
-   * (the session's, so that the transaction ends with it), or undefined when
-   * the client went away before the end of data.
+   * (the session's, so that the transaction ends with it) with its log line,
+   * or undefined when the client went away before the end of data.
    */
   async receive(
     source: DataSource,
     envelope: Envelope,
     session: Session<Route>,
     log: Logger,
-  ): Promise<Reply | undefined> {
+  ): Promise<Answer | undefined> {
     const result = await receiveMessage(source, envelope, this.#stages);
     if (result.kind === "gone") {
       log.info("Lost connection in DATA, message {id} discarded", { id: envelope.id });
@@ -104,7 +114,7 @@ export class Pipeline {
     return OpenMessage.open(envelope, this.#stages);
   }
 
-  /** BDAT LAST: ends a message begun with {@link open} and returns the reply. */
+  /** BDAT LAST: ends a message begun with {@link open} and returns the reply with its log line. */
   async finish(
     message: OpenMessage,
     envelope: Envelope,
@@ -112,7 +122,7 @@ export class Pipeline {
     log: Logger,
     wireBytes: number,
     tooBig: boolean,
-  ): Promise<Reply> {
+  ): Promise<Answer> {
     return await this.#complete(await message.finish(wireBytes, tooBig), envelope, session, log);
   }
 
@@ -122,14 +132,13 @@ export class Pipeline {
     envelope: Envelope,
     session: Session<Route>,
     log: Logger,
-  ): Promise<Reply> {
+  ): Promise<Answer> {
     if (result.outcome.kind === "queued") {
       const jobs = this.#afterCommit.committed(envelope, result, log);
       if (jobs) await jobs;
     }
     const reply = session.finishData(result.outcome);
-    this.#afterCommit.answered(envelope, result, reply, log);
-    return reply;
+    return { reply, report: this.#afterCommit.answered(envelope, result, reply, log) };
   }
 
   /** Resolves once after-commit work under way is done (for shutdown). */
