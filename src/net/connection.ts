@@ -29,6 +29,7 @@ import { ReadTimeoutError, type Transport } from "./transport.ts";
 // Logged for every connection: parsed once (see LogTemplate).
 const CONNECTED = new LogTemplate("Connection from {peer}");
 const DISCONNECTED = new LogTemplate("Disconnected {peer} after {ms} ms, tls={tls}");
+
 /** What connections and the server report as they go, for metrics. */
 export interface ConnectionObserver {
   /** A connection was accepted. */
