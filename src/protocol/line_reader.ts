@@ -6,6 +6,8 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
+
 /** Anything that yields chunks of bytes, `null` at end of stream. */
 export interface ChunkSource {
   /**
@@ -288,7 +290,7 @@ export class LineReader {
       this.#pending = pending.subarray(lf + 1);
       if (tooLong || total + lf + 1 > maxLength) return { kind: "too-long" };
       let line = pending.subarray(0, lf);
-      if (parts.length > 0) line = concat([...parts, line], total + lf);
+      if (parts.length > 0) line = concatBytes([...parts, line]);
       if (line.length > 0 && line[line.length - 1] === CR) line = line.subarray(0, line.length - 1);
       return { kind: "line", line };
     }
@@ -357,16 +359,6 @@ function move(chunk: Uint8Array, from: number, to: number, out: Uint8Array, at: 
   if (out !== chunk) out.set(chunk.subarray(from, to), at);
   else if (at !== from) chunk.copyWithin(at, from, to);
   return at + to - from;
-}
-
-function concat(parts: Uint8Array[], length: number): Uint8Array {
-  const result = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    result.set(part, offset);
-    offset += part.length;
-  }
-  return result;
 }
 
 /**
