@@ -976,10 +976,7 @@ async function smtpLoadOnce(port: number, size: number): Promise<void> {
 await sink?.stop();
 await authDns?.stop();
 await rspamd?.[Symbol.asyncDispose]();
-if (dovecot) {
-  await dovecot.stop();
-  await Deno.remove(dovecot.dir, { recursive: true });
-}
+await dovecot?.[Symbol.asyncDispose]();
 await Deno.remove(work, { recursive: true });
 // Written back now, so that the deletions do not slow whatever runs next.
 await new Deno.Command("sync").output();

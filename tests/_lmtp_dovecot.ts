@@ -56,6 +56,8 @@ export interface LmtpDovecot {
   /** SIGKILL to the whole instance (master and children): a crash. */
   kill(): Promise<void>;
   stop(): Promise<void>;
+  /** Stops it and removes its folder (`await using`). */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 function config(dir: string, lmtpPort: number, imapPort: number): string {
@@ -179,6 +181,10 @@ export async function startLmtpDovecot(): Promise<LmtpDovecot> {
           return;
         }
       }
+    },
+    async [Symbol.asyncDispose]() {
+      await dovecot.stop();
+      await Deno.remove(dir, { recursive: true });
     },
   };
   await dovecot.start();

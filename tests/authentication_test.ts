@@ -71,6 +71,7 @@ async function send(
 async function withServer(
   args: string[],
   test: (server: Awaited<ReturnType<typeof startServer>>) => Promise<void>,
+  dnsPort: number = dns.port,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "letterbox-auth-" });
   const server = await startServer(
@@ -78,7 +79,7 @@ async function withServer(
       "--authentication",
       "on",
       "--dns-server",
-      `127.0.0.1:${dns.port}`,
+      `127.0.0.1:${dnsPort}`,
       "--maildir",
       `${dir}/Maildir`,
       "--no-tls",
@@ -191,22 +192,7 @@ Deno.test("with the DNS server dead the message is still delivered, with temperr
   // Both policies at once: each waits out the same timeouts.
   const policies = [["deliver", /^250 /], ["tempfail", /^451 4\.4\.3 /]] as const;
   await Promise.all(policies.map(async ([policy, expected]) => {
-    const dir = await Deno.makeTempDir({ prefix: "letterbox-auth-" });
-    const server = await startServer(
-      [
-        "--authentication",
-        "on",
-        "--dns-server",
-        `127.0.0.1:${dead.port}`,
-        "--dns-temperror",
-        policy,
-        "--maildir",
-        `${dir}/Maildir`,
-        "--no-tls",
-      ],
-      { maildir: dir, useTestCert: false },
-    );
-    try {
+    await withServer(["--dns-temperror", policy], async (server) => {
       const started = Date.now();
       const reply = await send(
         server.port,
@@ -215,7 +201,7 @@ Deno.test("with the DNS server dead the message is still delivered, with temperr
       const took = Date.now() - started;
       assertMatch(reply, expected);
       assert(took < 12_000, `took ${took} ms`);
-      const stored = await readMessages(`${dir}/Maildir`);
+      const stored = await readMessages(`${server.maildir}/Maildir`);
       if (policy === "deliver") {
         assertEquals(stored.length, 1);
         assertMatch(ourResults(stored[0])[0], /spf=temperror/);
@@ -223,10 +209,7 @@ Deno.test("with the DNS server dead the message is still delivered, with temperr
       } else {
         assertEquals(stored, []);
       }
-    } finally {
-      await server.stop();
-      await Deno.remove(dir, { recursive: true });
-    }
+    }, dead.port);
   }));
   await (dead as unknown as AsyncDisposable)[Symbol.asyncDispose]();
 });
