@@ -138,6 +138,8 @@ export class AfterCommit {
       });
       return NOTHING;
     }
+    // Below the log level, no header summary is made for a line nobody writes.
+    if (!log.isEnabledFor("info")) return NOTHING;
     const ms = Date.now() - envelope.receivedAt.getTime();
     const checks = checksSummary(result);
     return () => this.#logDelivered(envelope, result, log, checks, ms);
