@@ -371,7 +371,7 @@ class TlsReader {
  * bridge. The socket does not own the descriptor: closing the `Deno.Conn`
  * after TLS is done closes it.
  */
-function nativeSocket(conn: Deno.TcpConn): net.Socket | undefined {
+export function nativeSocket(conn: Deno.TcpConn): net.Socket | undefined {
   try {
     denoRid ??= Object.getOwnPropertySymbols(conn).find((symbol) =>
       symbol.description === "Deno.internal.rid"
