@@ -6,7 +6,7 @@
  */
 
 import tls from "node:tls";
-import { nativeSocket } from "../src/net/transport.ts";
+import { ConnTransport, nativeSocket } from "../src/net/transport.ts";
 import { CERTS } from "./_server.ts";
 import { assertEquals } from "./_assert.ts";
 
@@ -47,4 +47,39 @@ Deno.test("a Deno.Conn is adopted as a node:net socket that TLS runs over, both 
       conn.close();
     } catch { /* closed */ }
   }
+});
+
+Deno.test("a TLS connection nobody reads from stops reading: a client that keeps sending is held back", async () => {
+  const context = tls.createSecureContext({
+    cert: await Deno.readTextFile(CERTS.cert),
+    key: await Deno.readTextFile(CERTS.key),
+  });
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connecting = Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const transport = new ConnTransport(await listener.accept());
+  const client = await connecting;
+  const upgrading = transport.startTls(context, 5_000);
+  const tlsClient = await Deno.startTls(client, {
+    hostname: "localhost",
+    caCerts: [await Deno.readTextFile(CERTS.ca)],
+  });
+  await upgrading;
+  let sent = 0;
+  const chunk = new Uint8Array(64 * 1024).fill(0x61);
+  const sending = (async () => {
+    try {
+      for (;;) sent += await tlsClient.write(chunk);
+    } catch { /* closed at the end */ }
+  })();
+  // One read lets the records flow; after it the server reads nothing more.
+  transport.deadline = Date.now() + 5_000;
+  assertEquals((await transport.read())!.length > 0, true);
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  const held = sent;
+  transport.close();
+  tlsClient.close();
+  await sending;
+  // The socket buffers of both ends and a few records take some MiB; reading
+  // ahead without bound took over a GiB in the same time.
+  assertEquals(held < 32 * 2 ** 20, true, `the client got ${held} bytes in`);
 });
