@@ -10,15 +10,20 @@ import { ConnTransport, nativeSocket } from "../src/net/transport.ts";
 import { CERTS } from "./_server.ts";
 import { assertEquals } from "./_assert.ts";
 
-Deno.test("a Deno.Conn is adopted as a node:net socket that TLS runs over, both ways", async () => {
+/** The server's TLS context and an accepted loopback connection with its client end. */
+async function loopbackPair(listener: Deno.TcpListener) {
   const context = tls.createSecureContext({
     cert: await Deno.readTextFile(CERTS.cert),
     key: await Deno.readTextFile(CERTS.key),
   });
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const connecting = Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
   const conn = await listener.accept();
-  const client = await connecting;
+  return { context, conn, client: await connecting };
+}
+
+Deno.test("a Deno.Conn is adopted as a node:net socket that TLS runs over, both ways", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { context, conn, client } = await loopbackPair(listener);
   try {
     const socket = nativeSocket(conn);
     assertEquals(socket !== undefined, true, "the connection could not be adopted");
@@ -50,14 +55,9 @@ Deno.test("a Deno.Conn is adopted as a node:net socket that TLS runs over, both 
 });
 
 Deno.test("a TLS connection nobody reads from stops reading: a client that keeps sending is held back", async () => {
-  const context = tls.createSecureContext({
-    cert: await Deno.readTextFile(CERTS.cert),
-    key: await Deno.readTextFile(CERTS.key),
-  });
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const connecting = Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const transport = new ConnTransport(await listener.accept());
-  const client = await connecting;
+  const { context, conn, client } = await loopbackPair(listener);
+  const transport = new ConnTransport(conn);
   const upgrading = transport.startTls(context, 5_000);
   const tlsClient = await Deno.startTls(client, {
     hostname: "localhost",
