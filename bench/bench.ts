@@ -482,8 +482,7 @@ async function startAuthDns(): Promise<
 
 // When the last run deleted its files: their inodes slow creates for up to
 // 360 s on ext4 without a journal (see emptyCells), so a run started sooner
-// waits that out instead of measuring it.
-// 360 s, and a little more.
+// waits that out, with 10 s to spare, instead of measuring it.
 const INODE_REUSE_MS = 370_000;
 const CLEANED_UP_AT = `${Deno.env.get("TMPDIR") ?? "/tmp"}/.letterbox-bench-cleaned-up-at`;
 const sinceCleanUp = Date.now() - Number(await Deno.readTextFile(CLEANED_UP_AT).catch(() => "0"));

@@ -25,9 +25,9 @@ Deno.test("a Deno.Conn is adopted as a node:net socket that TLS runs over, both 
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { context, conn, client } = await loopbackPair(listener);
   try {
-    const socket = nativeSocket(conn);
-    assertEquals(socket !== undefined, true, "the connection could not be adopted");
-    const secure = new tls.TLSSocket(socket!, { isServer: true, secureContext: context });
+    const adopted = nativeSocket(conn);
+    assertEquals(adopted !== undefined, true, "the connection could not be adopted");
+    const secure = new tls.TLSSocket(adopted!.socket, { isServer: true, secureContext: context });
     const received = new Promise<string>((resolve) =>
       secure.once("data", (bytes: Uint8Array) => resolve(new TextDecoder().decode(bytes)))
     );

@@ -180,12 +180,12 @@ export class ConnTransport implements Transport {
     this.#unread = undefined;
     // A read still in flight would race the TLS layer for the first bytes.
     const native = leftover || this.#pendingRead ? undefined : nativeSocket(this.#conn);
-    const stream = native ?? connDuplex(this.#conn, leftover) as unknown as net.Socket;
+    const stream = native?.socket ?? connDuplex(this.#conn, leftover) as unknown as net.Socket;
     const socket = new tls.TLSSocket(stream, {
       isServer: true,
       secureContext: context,
     });
-    this.#secure = new TlsReader(socket, native);
+    this.#secure = new TlsReader(socket, native?.handle);
     await this.#secure.handshake(timeoutMs);
     const cipher = socket.getCipher();
     this.#tls = { protocol: socket.getProtocol() ?? "TLS", cipher: cipher?.name ?? "unknown" };
@@ -240,9 +240,9 @@ class TlsReader {
   #rawStopped = false;
   #error: Error | undefined;
 
-  constructor(socket: tls.TLSSocket, raw?: net.Socket) {
+  constructor(socket: tls.TLSSocket, raw?: RawHandle) {
     this.#socket = socket;
-    this.#raw = (raw as unknown as { _handle?: RawHandle } | undefined)?._handle;
+    this.#raw = raw;
     socket.pause();
     socket.on("data", (buffer: Uint8Array) => {
       if (this.#closing) return;
@@ -346,7 +346,6 @@ class TlsReader {
     socket.end();
     // Keep reading (and dropping) so that the peer's close_notify and FIN arrive.
     this.#resume();
-    socket.resume();
   }
 
   #settle(): void {
@@ -386,9 +385,12 @@ class TlsReader {
  * Deno exposes this only through Node's internal `tcp_wrap` binding, which
  * `openFromRid` adopts a `Deno.Conn` into, so any failure falls back to the
  * bridge. The socket does not own the descriptor: closing the `Deno.Conn`
- * after TLS is done closes it.
+ * after TLS is done closes it. The handle under the socket comes too, for
+ * {@link TlsReader} to stop reading at it.
  */
-export function nativeSocket(conn: Deno.TcpConn): net.Socket | undefined {
+export function nativeSocket(
+  conn: Deno.TcpConn,
+): { socket: net.Socket; handle: RawHandle } | undefined {
   try {
     denoRid ??= Object.getOwnPropertySymbols(conn).find((symbol) =>
       symbol.description === "Deno.internal.rid"
@@ -396,22 +398,33 @@ export function nativeSocket(conn: Deno.TcpConn): net.Socket | undefined {
     const rid = denoRid && (conn as unknown as Record<symbol, unknown>)[denoRid];
     if (typeof rid !== "number") return undefined;
     // deno-lint-ignore no-explicit-any -- Node's internal binding has no types
-    const binding = (process as any).binding("tcp_wrap");
-    const handle = new binding.TCP(binding.constants.SOCKET);
+    tcpWrap ??= (process as any).binding("tcp_wrap");
+    const handle = new tcpWrap!.TCP(tcpWrap!.constants.SOCKET);
     if (handle.openFromRid(rid) !== 0) return undefined;
-    return new net.Socket({ handle, readable: true, writable: true } as net.SocketConstructorOpts);
+    const socket = new net.Socket(
+      { handle, readable: true, writable: true } as net.SocketConstructorOpts,
+    );
+    return { socket, handle };
   } catch {
     return undefined;
   }
 }
+
 /** What pausing needs of an adopted socket's handle (Node's internal `TCP`). */
-interface RawHandle {
+export interface RawHandle {
   readStop(): number;
   readStart(): number;
 }
 
-// The key of a Deno.Conn's resource id (not a registered symbol), found on the first conn.
+// Found on the first TLS connection and kept: the key of a Deno.Conn's
+// resource id (not a registered symbol), and Node's internal TCP binding.
 let denoRid: symbol | undefined;
+let tcpWrap:
+  | {
+    TCP: new (type: number) => RawHandle & { openFromRid(rid: number): number };
+    constants: { SOCKET: number };
+  }
+  | undefined;
 
 /**
  * The connection as a Node Duplex for `TLSSocket`, reading only when TLS asks
