@@ -253,14 +253,7 @@ export class Connection {
           await this.#replies.flush();
           const answer = await this.#receive(action.transaction);
           if (answer === undefined) return;
-          this.#replies.queue(answer.reply);
-          // The write starts inside flush(); the log line follows it in the
-          // same turn, off the client's path.
-          const sent = this.#reader.buffered === 0 || this.#shuttingDown
-            ? this.#replies.flush()
-            : undefined;
-          answer.report();
-          await sent;
+          await this.#answer(answer);
           break;
         }
       }
@@ -368,8 +361,7 @@ export class Connection {
         chunked.wireBytes,
         chunked.tooBig,
       );
-      this.#replies.queue(answer.reply);
-      answer.report();
+      await this.#answer(answer);
       return true;
     } finally {
       this.#inData = false;
@@ -394,6 +386,18 @@ export class Connection {
       transfer,
       transaction,
     };
+  }
+
+  // Sends a message's reply (held while pipelined commands wait) and writes
+  // its log line: the write starts inside flush(), and the line follows it in
+  // the same turn, off the client's path.
+  async #answer(answer: Answer): Promise<void> {
+    this.#replies.queue(answer.reply);
+    const sent = this.#reader.buffered === 0 || this.#shuttingDown
+      ? this.#replies.flush()
+      : undefined;
+    answer.report();
+    await sent;
   }
 
   // Reads one message through the pipeline; the answer, or undefined when the client went away.
