@@ -58,8 +58,8 @@ BUILD_PERMISSIONS = --allow-net=$(LISTEN_HOSTS)$(if $(DNS_SERVERS),$(COMMA)$(DNS
 
 # The real peers the tests use, from Debian. Installed only when missing, and
 # only where we may (root with apt-get); otherwise the list is printed.
-DEBIAN_PACKAGES = dnsmasq-base rspamd dovecot-imapd dovecot-lmtpd dovecot-sieve dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix
-PEERS = /usr/sbin/dnsmasq /usr/bin/rspamd /usr/sbin/dovecot /usr/lib/dovecot/lmtp /usr/lib/dovecot/modules/lib90_sieve_plugin.so /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3
+DEBIAN_PACKAGES = dnsmasq-base rspamd dovecot-imapd dovecot-lmtpd dovecot-sieve dovecot-submissiond python3-aiosmtpd swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3 postfix strace
+PEERS = /usr/sbin/dnsmasq /usr/bin/rspamd /usr/sbin/dovecot /usr/lib/dovecot/lmtp /usr/lib/dovecot/modules/lib90_sieve_plugin.so /usr/lib/dovecot/submission /usr/lib/python3/dist-packages/aiosmtpd /usr/bin/swaks /usr/bin/openssl /usr/sbin/smtp-source python3 /usr/bin/strace
 
 # Test files at once. Most of a test's time is spent waiting on sockets and
 # the real servers it starts (rspamd, Postfix, Dovecot, dnsmasq), so twice

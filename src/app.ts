@@ -254,7 +254,12 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       log("lmtp"),
       metrics && ((code) => metrics.lmtpReplies.inc({ code: String(code) })),
     )
-    : new MaildirTarget(config.hostname, await fileOwner(maildirRoot));
+    : new MaildirTarget(
+      config.hostname,
+      await fileOwner(maildirRoot),
+      // The server below, asked at the end of each DATA.
+      (): boolean => server.connectionCount <= 1,
+    );
   const pipeline = new Pipeline(
     router,
     {

@@ -69,6 +69,13 @@ export const LIMITS = {
    */
   deliveryWriteBuffer: 131_072,
   /**
+   * Largest message whose syncs may run on the main thread while only one
+   * connection is open (see syncDirectoryShared): a sync of a file this size
+   * takes about a millisecond on a VPS disk; larger ones stay on the blocking
+   * pool, where the trip costs little beside the write.
+   */
+  inlineSyncBytes: 131_072,
+  /**
    * Memory hook payloads may need at once before Letterbox warns at start-up:
    * a payload is built from its whole message (postal-mime's strings and
    * base64 take about four times the message), and the V8 heap is capped at

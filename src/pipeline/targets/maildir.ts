@@ -8,6 +8,7 @@
  */
 
 import type { Address } from "../../protocol/address.ts";
+import { LIMITS } from "../../limits.ts";
 import { REPLIES } from "../../protocol/replies.ts";
 import {
   ensureMaildir,
@@ -39,14 +40,19 @@ interface Copy {
 export class MaildirTarget implements Target {
   readonly #hostname: string;
   readonly #owner: FileOwner | undefined;
+  readonly #quiet: () => boolean;
 
   /**
    * Creates a target that names itself `hostname` in trace headers and file
-   * names; with an `owner`, what it writes is handed to that user.
+   * names; with an `owner`, what it writes is handed to that user. `quiet`
+   * says whether this delivery is all the server is doing (one connection
+   * open): then a small message's syncs run on the main thread instead of
+   * the blocking pool (see syncDirectoryShared).
    */
-  constructor(hostname: string, owner?: FileOwner) {
+  constructor(hostname: string, owner?: FileOwner, quiet: () => boolean = () => false) {
     this.#hostname = hostname;
     this.#owner = owner;
+    this.#quiet = quiet;
   }
 
   /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
@@ -56,7 +62,7 @@ export class MaildirTarget implements Target {
     if (copies.length === 0) {
       throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
     }
-    const transaction = new MaildirTransaction(copies, this.#owner);
+    const transaction = new MaildirTransaction(copies, this.#owner, this.#quiet);
     try {
       if (copies.length === 1) await this.#open(copies[0], envelope);
       else await settleAll(copies.map((copy) => this.#open(copy, envelope)));
@@ -120,11 +126,20 @@ function junkMaildir(copy: Copy): string {
 class MaildirTransaction implements TargetTransaction {
   readonly #copies: Copy[];
   readonly #owner: FileOwner | undefined;
+  readonly #quiet: () => boolean;
   #done = false;
 
-  constructor(copies: Copy[], owner: FileOwner | undefined) {
+  constructor(copies: Copy[], owner: FileOwner | undefined, quiet: () => boolean) {
     this.#copies = copies;
     this.#owner = owner;
+    this.#quiet = quiet;
+  }
+
+  // Whether this commit's syncs run on the main thread: asked at the end of
+  // DATA, as another connection may have opened meanwhile.
+  #inline(): boolean {
+    return this.#copies.every((copy) => copy.file!.size <= LIMITS.inlineSyncBytes) &&
+      this.#quiet();
   }
 
   async write(content: Uint8Array, lines?: number): Promise<void> {
@@ -143,8 +158,9 @@ class MaildirTransaction implements TargetTransaction {
     const insert = disposition.headerFields === ""
       ? EMPTY
       : encoder.encode(disposition.headerFields);
+    const inline = this.#inline();
     if (this.#copies.length === 1 && !disposition.junk) {
-      return await this.#commitOne(insert, disposition);
+      return await this.#commitOne(insert, disposition, inline);
     }
     const stored: (StoredCopy | undefined)[] = new Array(this.#copies.length);
     const into = this.#copies.map((copy) => disposition.junk ? junkMaildir(copy) : copy.maildir);
@@ -153,10 +169,14 @@ class MaildirTransaction implements TargetTransaction {
       // new/ after the clean-up.
       await settleAll(this.#copies.map(async (copy, i) => {
         if (into[i] !== copy.maildir) await ensureMaildir(into[i], true, this.#owner);
-        const path = await copy.file!.commit(insert, into[i], disposition.removeFields);
+        const path = await copy.file!.commit(insert, into[i], disposition.removeFields, inline);
         stored[i] = { maildir: into[i], path, recipients: copy.recipients };
       }));
-      await Promise.all([...new Set(into.map((dir) => `${dir}/new`))].map(syncDirectoryShared));
+      await Promise.all(
+        [...new Set(into.map((dir) => `${dir}/new`))].map((dir) =>
+          syncDirectoryShared(dir, inline)
+        ),
+      );
       return stored as StoredCopy[];
     } catch (error) {
       // All or nothing: a copy already in new/ is taken back, so the 4xx that
@@ -168,12 +188,16 @@ class MaildirTransaction implements TargetTransaction {
   }
 
   // One copy into its own Maildir: the same steps without the bookkeeping of many.
-  async #commitOne(insert: Uint8Array, disposition: Disposition): Promise<StoredCopy[]> {
+  async #commitOne(
+    insert: Uint8Array,
+    disposition: Disposition,
+    inline: boolean,
+  ): Promise<StoredCopy[]> {
     const copy = this.#copies[0];
     let path: string | undefined;
     try {
-      path = await copy.file!.commit(insert, copy.maildir, disposition.removeFields);
-      await syncDirectoryShared(`${copy.maildir}/new`);
+      path = await copy.file!.commit(insert, copy.maildir, disposition.removeFields, inline);
+      await syncDirectoryShared(`${copy.maildir}/new`, inline);
       return [{ maildir: copy.maildir, path, recipients: copy.recipients }];
     } catch (error) {
       await copy.file?.discard();
