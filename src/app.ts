@@ -254,12 +254,7 @@ export async function startLetterbox(config: Config, options: AppOptions = {}): 
       log("lmtp"),
       metrics && ((code) => metrics.lmtpReplies.inc({ code: String(code) })),
     )
-    : new MaildirTarget(
-      config.hostname,
-      await fileOwner(maildirRoot),
-      // The server below, asked at the end of each DATA.
-      (): boolean => server.connectionCount <= 1,
-    );
+    : new MaildirTarget(config.hostname, await fileOwner(maildirRoot));
   const pipeline = new Pipeline(
     router,
     {

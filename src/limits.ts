@@ -69,8 +69,8 @@ export const LIMITS = {
    */
   deliveryWriteBuffer: 131_072,
   /**
-   * Largest message whose syncs may run on the main thread while only one
-   * connection is open (see syncDirectoryShared): a sync of a file this size
+   * Largest message whose syncs may run on the main thread when no other
+   * message is under way (see syncDirectoryShared): a sync of a file this size
    * takes about a millisecond on a VPS disk; larger ones stay on the blocking
    * pool, where the trip costs little beside the write.
    */

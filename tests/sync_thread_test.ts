@@ -1,8 +1,9 @@
 /**
- * Where a delivery's syncs run: on the main thread while the server holds one
- * connection (no trips to the blocking pool), on the pool as soon as a second
- * connection is open (so that no other session waits on the disk). Seen from
- * outside, with strace naming the thread of every fdatasync and fsync.
+ * Where a delivery's syncs run: on the main thread when it is the only
+ * message under way (no trips to the blocking pool), on the pool while
+ * another message is arriving (so that no other session waits on the disk).
+ * Seen from outside, with strace naming the thread of every fdatasync and
+ * fsync.
  */
 
 import { newFiles, spawnServer, TestClient } from "./_server.ts";
@@ -53,7 +54,8 @@ async function sendOne(client: TestClient, id: string): Promise<void> {
 }
 
 Deno.test({
-  name: "one connection syncs on the main thread; with a second one open, on the blocking pool",
+  name:
+    "a message alone syncs on the main thread; beside another one arriving, on the blocking pool",
   ignore: !(await Deno.stat("/usr/bin/strace").then(() => true, () => false)),
   async fn() {
     const server = await spawnServer(["--no-tls"], { useTestCert: false });
@@ -71,15 +73,41 @@ Deno.test({
       assertEquals(alone.map((sync) => sync.call).sort(), ["fdatasync", "fsync"]);
       assert(alone.every((sync) => sync.thread === main), JSON.stringify({ main, alone }));
 
+      // An idle connection beside it changes nothing.
       second = await TestClient.connect(server.port);
       await second.reply();
+      trace = await traceSyncs(main);
+      await sendOne(first, "beside an idle session");
+      const idle = await trace.stop();
+      assert(idle.length === 2 && idle.every((sync) => sync.thread === main), JSON.stringify(idle));
+
+      // The second session's message is under way (after 354) while the first one's ends.
+      await second.startMessage("b@sender.test", ["rcpt@example.com"]);
+      await second.send("Subject: arriving\r\n\r\nfirst part\r\n");
       trace = await traceSyncs(main);
       await sendOne(first, "beside another");
       const shared = await trace.stop();
       assertEquals(shared.map((sync) => sync.call).sort(), ["fdatasync", "fsync"]);
       assert(shared.every((sync) => sync.thread !== main), JSON.stringify({ main, shared }));
+      await second.send(".\r\n");
+      assertEquals((await second.reply()).code, 250);
 
-      assertEquals((await newFiles(server.maildir)).length, 2);
+      // A message cut off in the middle no longer counts once its session is gone.
+      await second.command("MAIL FROM:<c@sender.test>");
+      await second.command("RCPT TO:<rcpt@example.com>");
+      assertEquals((await second.command("DATA")).code, 354);
+      await second.send("Subject: cut off\r\n\r\nhalf");
+      second.close();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      trace = await traceSyncs(main);
+      await sendOne(first, "after a cut-off one");
+      const after = await trace.stop();
+      assert(
+        after.length === 2 && after.every((sync) => sync.thread === main),
+        JSON.stringify(after),
+      );
+
+      assertEquals((await newFiles(server.maildir)).length, 5);
     } finally {
       first.close();
       second?.close();

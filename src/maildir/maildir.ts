@@ -444,8 +444,8 @@ const syncs = new Map<string, DirectorySyncs>();
  * that started after it called, so its own rename is always covered.
  *
  * With `inline` the sync runs on this thread, which waits for the disk. The
- * caller asks for it only when nothing else is going on (one connection
- * open) and the message is small ({@link LIMITS.inlineSyncBytes}): then
+ * caller asks for it only when nothing else is going on (no other message
+ * under way) and the message is small ({@link LIMITS.inlineSyncBytes}): then
  * there is nothing to share a sync with and no one else to keep waiting,
  * while each trip to Deno's blocking pool wakes a thread there and this one
  * back, on a VM an idle virtual CPU each way (one connection, 1 KiB, 5 pairs:

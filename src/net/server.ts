@@ -46,11 +46,6 @@ export class Server {
   #handshaking = 0;
   readonly #served = new Set<Promise<void>>();
 
-  /** Connections open now, proxied ones still sending their header included. */
-  get connectionCount(): number {
-    return this.#connections.size + this.#handshaking;
-  }
-
   /** Creates a server; nothing listens until {@link start}. */
   constructor(options: Omit<ConnectionOptions, "implicitTls">, limits: ConnectionLimits) {
     this.#options = options;

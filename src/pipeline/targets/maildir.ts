@@ -40,19 +40,17 @@ interface Copy {
 export class MaildirTarget implements Target {
   readonly #hostname: string;
   readonly #owner: FileOwner | undefined;
-  readonly #quiet: () => boolean;
+  // Messages between begin and commit or abort, across all sessions: when a
+  // commit is the only one, its syncs may run on the main thread.
+  readonly #inFlight = { count: 0 };
 
   /**
    * Creates a target that names itself `hostname` in trace headers and file
-   * names; with an `owner`, what it writes is handed to that user. `quiet`
-   * says whether this delivery is all the server is doing (one connection
-   * open): then a small message's syncs run on the main thread instead of
-   * the blocking pool (see syncDirectoryShared).
+   * names; with an `owner`, what it writes is handed to that user.
    */
-  constructor(hostname: string, owner?: FileOwner, quiet: () => boolean = () => false) {
+  constructor(hostname: string, owner?: FileOwner) {
     this.#hostname = hostname;
     this.#owner = owner;
-    this.#quiet = quiet;
   }
 
   /** Opens one `tmp/` file per destination Maildir and writes its trace headers. */
@@ -62,7 +60,7 @@ export class MaildirTarget implements Target {
     if (copies.length === 0) {
       throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
     }
-    const transaction = new MaildirTransaction(copies, this.#owner, this.#quiet);
+    const transaction = new MaildirTransaction(copies, this.#owner, this.#inFlight);
     try {
       if (copies.length === 1) await this.#open(copies[0], envelope);
       else await settleAll(copies.map((copy) => this.#open(copy, envelope)));
@@ -126,20 +124,23 @@ function junkMaildir(copy: Copy): string {
 class MaildirTransaction implements TargetTransaction {
   readonly #copies: Copy[];
   readonly #owner: FileOwner | undefined;
-  readonly #quiet: () => boolean;
+  readonly #inFlight: { count: number };
   #done = false;
 
-  constructor(copies: Copy[], owner: FileOwner | undefined, quiet: () => boolean) {
+  constructor(copies: Copy[], owner: FileOwner | undefined, inFlight: { count: number }) {
     this.#copies = copies;
     this.#owner = owner;
-    this.#quiet = quiet;
+    this.#inFlight = inFlight;
+    inFlight.count++;
   }
 
-  // Whether this commit's syncs run on the main thread: asked at the end of
-  // DATA, as another connection may have opened meanwhile.
+  // Whether this commit's syncs run on the main thread (see
+  // syncDirectoryShared): only when no other message is between its start
+  // and its last sync, so that no other session waits on this one's disk,
+  // and only for a small one.
   #inline(): boolean {
-    return this.#copies.every((copy) => copy.file!.size <= LIMITS.inlineSyncBytes) &&
-      this.#quiet();
+    return this.#inFlight.count === 1 &&
+      this.#copies.every((copy) => copy.file!.size <= LIMITS.inlineSyncBytes);
   }
 
   async write(content: Uint8Array, lines?: number): Promise<void> {
@@ -155,10 +156,20 @@ class MaildirTransaction implements TargetTransaction {
 
   async commit(disposition: Disposition): Promise<StoredCopy[]> {
     this.#done = true;
+    const inline = this.#inline();
+    try {
+      return await this.#store(disposition, inline);
+    } finally {
+      // Counted until its syncs are done: a commit waiting on the pool is
+      // still under way, and a sync on the main thread would hold its reply.
+      this.#inFlight.count--;
+    }
+  }
+
+  async #store(disposition: Disposition, inline: boolean): Promise<StoredCopy[]> {
     const insert = disposition.headerFields === ""
       ? EMPTY
       : encoder.encode(disposition.headerFields);
-    const inline = this.#inline();
     if (this.#copies.length === 1 && !disposition.junk) {
       return await this.#commitOne(insert, disposition, inline);
     }
@@ -209,6 +220,7 @@ class MaildirTransaction implements TargetTransaction {
   async abort(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
+    this.#inFlight.count--;
     await Promise.all(this.#copies.map((copy) => copy.file?.discard()));
   }
 }
