@@ -167,11 +167,12 @@ export class MaildirFile {
     this.#buffered += bytes.length;
   }
 
-  async #flush(): Promise<void> {
+  // `inline`: the commit's syncs run on this thread anyway (see commit).
+  async #flush(inline = false): Promise<void> {
     if (this.#buffered === 0) return;
     const held = this.#buffer.subarray(0, this.#buffered);
     this.#buffered = 0;
-    if (held.length <= SYNC_WRITE_LIMIT) {
+    if (inline || held.length <= SYNC_WRITE_LIMIT) {
       // A small message into the page cache: synchronous, as the create is;
       // the trip to the blocking pool cost more than the copy.
       let offset = 0;
@@ -195,8 +196,8 @@ export class MaildirFile {
    * header to take out first. `into` is another Maildir on the same file
    * system to file it in instead (a Maildir++ folder such as `.Junk`, made
    * beforehand). The caller syncs `new/` itself, so that copies can share one
-   * sync. With `inline` the file is synced on this thread (see
-   * {@link syncDirectoryShared} for when a caller asks for it).
+   * sync. With `inline` the file's last write and its sync run on this thread
+   * (see {@link syncDirectoryShared} for when a caller asks for it).
    */
   async commit(
     insert: Uint8Array = EMPTY,
@@ -206,7 +207,7 @@ export class MaildirFile {
   ): Promise<string> {
     if (remove.length > 0) await this.#edit(insert, remove);
     else if (insert.length > 0) await this.#insert(insert);
-    await this.#flush();
+    await this.#flush(inline);
     giveBack(this.#buffer);
     this.#buffer = EMPTY;
     // fdatasync: the data and the size needed to read it back, without
