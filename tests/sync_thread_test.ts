@@ -18,19 +18,24 @@ interface Sync {
 async function traceSyncs(pid: number): Promise<{ stop(): Promise<Sync[]> }> {
   const output = await Deno.makeTempFile({ prefix: "letterbox-strace-" });
   const child = new Deno.Command("strace", {
-    args: ["-f", "-q", "-e", "trace=fdatasync,fsync", "-o", output, "-p", String(pid)],
+    args: ["-f", "-e", "trace=fdatasync,fsync", "-o", output, "-p", String(pid)],
     stdin: "null",
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  // strace says nothing once attached with -q; the file appears when it is.
+  // strace says "Process N attached with M threads" once it follows them all.
+  const { promise: attached, resolve: onAttached } = Promise.withResolvers<void>();
   const stderr = child.stderr.pipeThrough(new TextDecoderStream());
   const said = (async () => {
     let text = "";
-    for await (const chunk of stderr) text += chunk;
+    for await (const chunk of stderr) {
+      text += chunk;
+      if (text.includes("attached")) onAttached();
+    }
+    onAttached();
     return text;
   })();
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  await attached;
   return {
     async stop() {
       child.kill("SIGINT");

@@ -453,14 +453,7 @@ const syncs = new Map<string, DirectorySyncs>();
  * 1.25x msg/s on this VM's ext4, p50 1.6 -> 1.3 ms; 1.67x on tmpfs).
  */
 export function syncDirectoryShared(dir: string, inline = false): Promise<void> {
-  if (inline) {
-    try {
-      syncDirectoryNow(dir);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
+  if (inline) return syncDirectory(dir, true);
   let state = syncs.get(dir);
   if (!state) syncs.set(dir, state = { running: 0 });
   const current = state;
@@ -493,22 +486,17 @@ function start(dir: string, state: DirectorySyncs): Promise<void> {
   });
 }
 
-function syncDirectoryNow(dir: string): void {
-  const handle = Deno.openSync(dir, { read: true });
-  try {
-    handle.syncSync();
-  } finally {
-    handle.close();
-  }
-}
-
-/** Makes a directory's entries durable: after a rename, the new name survives a power cut. */
-export async function syncDirectory(dir: string): Promise<void> {
+/**
+ * Makes a directory's entries durable: after a rename, the new name survives
+ * a power cut. With `inline`, on this thread (see {@link syncDirectoryShared}).
+ */
+export async function syncDirectory(dir: string, inline = false): Promise<void> {
   // Opened synchronously: a lookup in the directory cache, not worth a trip
   // to the blocking pool (one of the five on a message's path after DATA).
   const handle = Deno.openSync(dir, { read: true });
   try {
-    await handle.sync();
+    if (inline) handle.syncSync();
+    else await handle.sync();
   } finally {
     handle.close();
   }
