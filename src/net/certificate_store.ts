@@ -16,7 +16,6 @@ import {
   type KeyPair,
   readKeyPair,
   secureContext,
-  selfSignedKeyPair,
 } from "./certificates.ts";
 
 /** Where the certificate comes from. */
@@ -56,7 +55,8 @@ export class CertificateStore {
     store.#use(
       source.certFile && source.keyFile
         ? await readKeyPair(source.certFile, source.keyFile)
-        : await selfSignedKeyPair(source.hostname),
+        // Loaded only when needed (see self_signed.ts).
+        : await (await import("./self_signed.ts")).selfSignedKeyPair(source.hostname),
     );
     return store;
   }

@@ -1,14 +1,12 @@
 /**
  * TLS material: the operator's PEM files, or one self-signed certificate made
- * in memory at start when none is given (for local use and for MX peers,
+ * in memory at start when none is given (self_signed.ts; for local use and for MX peers,
  * which do not verify certificates by default).
  *
  * @module
  */
 
 import { describeError } from "../log.ts";
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import { ConfigError } from "../config/config.ts";
@@ -90,36 +88,5 @@ export function certificateFacts(pair: KeyPair): CertificateFacts {
   return {
     subject: certificate.subject.replaceAll("\n", ", "),
     notAfter: new Date(certificate.validTo),
-  };
-}
-
-/** Makes a self-signed ECDSA P-256 certificate for `hostname`, valid for a year. */
-export async function selfSignedKeyPair(hostname: string): Promise<KeyPair> {
-  x509.cryptoProvider.set(crypto);
-  const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
-  const keys = await crypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
-  const now = Date.now();
-  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: Array.from(
-      crypto.getRandomValues(new Uint8Array(8)),
-      (b) => b.toString(16).padStart(2, "0"),
-    )
-      .join("").replace(/^[89a-f]/, "1"),
-    name: `CN=${hostname}`,
-    notBefore: new Date(now - 60_000),
-    notAfter: new Date(now + 365 * 86_400_000),
-    signingAlgorithm: algorithm,
-    keys,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.SubjectAlternativeNameExtension([{ type: "dns", value: hostname }]),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-    ],
-  });
-  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
-  const base64 = btoa(String.fromCharCode(...pkcs8)).replace(/.{64}/g, "$&\n").trimEnd();
-  return {
-    cert: certificate.toString("pem"),
-    key: `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`,
   };
 }
