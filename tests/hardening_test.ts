@@ -9,6 +9,7 @@ import {
   REPO,
   run,
   serverPermissions,
+  spawnServer,
   startServer,
   TestClient,
 } from "./_server.ts";
@@ -227,6 +228,45 @@ Deno.test("files older than 36 hours in tmp/ are removed at start; newer ones st
   } finally {
     await server.stop();
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a mailbox whose new/ or whole root was removed while the server runs is made again by the next message", async () => {
+  // The sandboxed program, as it ships: the root's parent is beyond its grant.
+  const root = await Deno.makeTempDir({ prefix: "letterbox-removed-" });
+  const server = await spawnServer(["--no-tls", "--maildir", `${root}/{user}`], {
+    maildir: root,
+    useTestCert: false,
+  });
+  const client = await TestClient.connect(server.port);
+  const deliver = async (subject: string) => {
+    await client.startMessage("a@sender.test", ["rcpt@example.com"], { ehlo: false });
+    await client.send(`Subject: ${subject}\r\n\r\nbody\r\n.\r\n`);
+    return await client.reply();
+  };
+  try {
+    await client.reply();
+    assertEquals((await client.command("EHLO client.test")).code, 250);
+    assertEquals((await deliver("first")).code, 250);
+
+    // Someone removes new/ (tmp/ stays): it used to answer 451 to every message from then on.
+    await Deno.remove(`${root}/rcpt/new`, { recursive: true });
+    const second = await deliver("after new/ went");
+    assertEquals(second.code, 250, second.text);
+    assertEquals((await readMessages(`${root}/rcpt`)).map((m) => /Subject: (.*)/.exec(m)?.[1]), [
+      "after new/ went",
+    ]);
+    assertEquals([...Deno.readDirSync(`${root}/rcpt/tmp`)], []);
+
+    // And the whole root.
+    await Deno.remove(root, { recursive: true });
+    const third = await deliver("after the root went");
+    assertEquals(third.code, 250, third.text);
+    assertEquals((await readMessages(`${root}/rcpt`)).length, 1);
+  } finally {
+    client.close();
+    await server.stop();
+    await Deno.remove(root, { recursive: true }).catch(() => {});
   }
 });
 

@@ -1,9 +1,10 @@
 /**
- * Where a delivery's syncs run: on the main thread when it is the only
- * message under way (no trips to the blocking pool), on the pool while
- * another message is arriving (so that no other session waits on the disk).
- * Seen from outside, with strace naming the thread of every fdatasync and
- * fsync.
+ * A delivery's syncs seen from outside, with strace naming the thread and
+ * the file of every fdatasync and fsync: where they run (on the main thread
+ * when the message is the only one under way, with no trips to the blocking
+ * pool; on the pool while another message is arriving, so that no other
+ * session waits on the disk), and that the directories made for a new
+ * mailbox are synced before its first message is acknowledged.
  */
 
 import { newFiles, spawnServer, TestClient } from "./_server.ts";
@@ -12,13 +13,15 @@ import { assert, assertEquals } from "./_assert.ts";
 interface Sync {
   thread: number;
   call: string;
+  /** The path of the file or directory synced. */
+  path: string;
 }
 
 /** Follows the syncs of `pid` and its threads into a file until stopped. */
 async function traceSyncs(pid: number): Promise<{ stop(): Promise<Sync[]> }> {
   const output = await Deno.makeTempFile({ prefix: "letterbox-strace-" });
   const child = new Deno.Command("strace", {
-    args: ["-f", "-e", "trace=fdatasync,fsync", "-o", output, "-p", String(pid)],
+    args: ["-f", "-y", "-e", "trace=fdatasync,fsync", "-o", output, "-p", String(pid)],
     stdin: "null",
     stdout: "null",
     stderr: "piped",
@@ -44,8 +47,8 @@ async function traceSyncs(pid: number): Promise<{ stop(): Promise<Sync[]> }> {
       await Deno.remove(output);
       assert(status.code === 0 || status.signal === "SIGINT", `strace failed: ${await said}`);
       return text.split("\n").flatMap((line) => {
-        const match = /^(\d+)\s+(fdatasync|fsync)\(/.exec(line);
-        return match ? [{ thread: Number(match[1]), call: match[2] }] : [];
+        const match = /^(\d+)\s+(fdatasync|fsync)\(\d+<([^>]*)>/.exec(line);
+        return match ? [{ thread: Number(match[1]), call: match[2], path: match[3] }] : [];
       });
     },
   };
@@ -71,6 +74,8 @@ Deno.test({
       await first.reply();
       assertEquals((await first.command("EHLO client.test")).code, 250);
 
+      // The first message makes the Maildir's folders (and syncs them too).
+      await sendOne(first, "first");
       let trace = await traceSyncs(main);
       await sendOne(first, "alone");
       const alone = await trace.stop();
@@ -112,11 +117,52 @@ Deno.test({
         JSON.stringify(after),
       );
 
-      assertEquals((await newFiles(server.maildir)).length, 5);
+      assertEquals((await newFiles(server.maildir)).length, 6);
     } finally {
       first.close();
       second?.close();
       await server.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the directories made for a new mailbox are synced before its first message is acknowledged",
+  ignore: !(await Deno.stat("/usr/bin/strace").then(() => true, () => false)),
+  async fn() {
+    const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "letterbox-test-" }));
+    const server = await spawnServer(["--no-tls", "--maildir", `${root}/{domain}/{user}`], {
+      maildir: root,
+      useTestCert: false,
+    });
+    const client = await TestClient.connect(server.port);
+    try {
+      await client.reply();
+      assertEquals((await client.command("EHLO client.test")).code, 250);
+      const trace = await traceSyncs(server.process.pid);
+      await sendOne(client, "first");
+      const syncs = await trace.stop();
+      const directories = syncs.filter((sync) => sync.call === "fsync").map((sync) => sync.path);
+      // example.com/ is new in the root, rcpt/ in example.com/, tmp/ new/ cur/ in rcpt/;
+      // then new/ once more for the message itself.
+      for (const dir of [root, `${root}/example.com`, `${root}/example.com/rcpt`]) {
+        assert(directories.includes(dir), JSON.stringify({ dir, syncs }));
+      }
+      assertEquals(directories.at(-1), `${root}/example.com/rcpt/new`);
+      assertEquals((await newFiles(`${root}/example.com/rcpt`)).length, 1);
+
+      // The mailbox is there now: a second message syncs only its own file and new/.
+      const again = await traceSyncs(server.process.pid);
+      await sendOne(client, "second");
+      const second = await again.stop();
+      assertEquals(second.map((sync) => sync.call), ["fdatasync", "fsync"]);
+      assert(second[0].path.startsWith(`${root}/example.com/rcpt/tmp/`), second[0].path);
+      assertEquals(second[1].path, `${root}/example.com/rcpt/new`);
+    } finally {
+      client.close();
+      await server.stop();
+      await Deno.remove(root, { recursive: true });
     }
   },
 });

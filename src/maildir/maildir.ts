@@ -69,20 +69,72 @@ export async function fileOwner(root: string): Promise<FileOwner | undefined> {
  * Creates `dir` with `tmp/`, `new/` and `cur/` if they are missing (mode 0700);
  * a Maildir++ folder also gets its empty `maildirfolder` file, by which
  * Dovecot and Courier know it is a folder. With an `owner`, everything made
- * below its root is handed to it.
+ * below its root is handed to it. What it makes is durable when it returns:
+ * the directory above each one made is synced, as a message's `new/` is, so
+ * that a power cut cannot take a new mailbox away with the messages already
+ * acknowledged into it (ext4 without a journal orders none of this).
  */
 export async function ensureMaildir(dir: string, folder = false, owner?: FileOwner): Promise<void> {
+  const made = await missingDirectories(dir);
+  for (const sub of ["tmp", "new", "cur"]) {
+    if (made.length > 0 || !await exists(`${dir}/${sub}`)) made.push(`${dir}/${sub}`);
+  }
   for (const sub of ["tmp", "new", "cur"]) {
     await Deno.mkdir(`${dir}/${sub}`, { recursive: true, mode: DIRECTORY_MODE });
   }
-  if (folder) await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
-  if (!owner || !dir.startsWith(`${owner.root}/`)) return;
-  const below = dir.slice(owner.root.length + 1).split("/");
-  const paths = below.map((_, i) => `${owner.root}/${below.slice(0, i + 1).join("/")}`);
-  for (const sub of ["tmp", "new", "cur", ...(folder ? ["maildirfolder"] : [])]) {
-    paths.push(`${dir}/${sub}`);
+  const parents = new Set(made.map(parentOf));
+  if (folder && !await exists(`${dir}/maildirfolder`)) {
+    await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
+    parents.add(dir);
   }
-  for (const path of paths) await Deno.chown(path, owner.uid, owner.gid);
+  if (owner && dir.startsWith(`${owner.root}/`)) {
+    const below = dir.slice(owner.root.length + 1).split("/");
+    const paths = below.map((_, i) => `${owner.root}/${below.slice(0, i + 1).join("/")}`);
+    for (const sub of ["tmp", "new", "cur", ...(folder ? ["maildirfolder"] : [])]) {
+      paths.push(`${dir}/${sub}`);
+    }
+    for (const path of paths) await Deno.chown(path, owner.uid, owner.gid);
+  }
+  for (const parent of parents) {
+    try {
+      await syncDirectory(parent);
+    } catch (error) {
+      // Above the Maildir root (which someone removed while we ran): beyond
+      // the grant, and not ours to sync; what is below it still was.
+      if (!(error instanceof Deno.errors.NotCapable)) throw error;
+    }
+  }
+}
+
+// `dir` and those of its parents that do not exist yet, deepest first. A
+// parent beyond the read grant is taken as there: it is not ours to make.
+async function missingDirectories(dir: string): Promise<string[]> {
+  const missing: string[] = [];
+  for (let path = dir; path !== "/" && path !== "" && path !== "."; path = parentOf(path)) {
+    try {
+      if (await exists(path)) break;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotCapable) break;
+      throw error;
+    }
+    missing.push(path);
+  }
+  return missing;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+function parentOf(path: string): string {
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  return slash > 0 ? path.slice(0, slash) : slash === 0 ? "/" : ".";
 }
 
 /** A file being written into `tmp/`; {@link commit} moves it into `new/`. */
@@ -90,6 +142,8 @@ export class MaildirFile {
   readonly #dir: string;
   readonly #base: string;
   readonly #file: Deno.FsFile;
+  readonly #folder: boolean;
+  readonly #owner: FileOwner | undefined;
   #buffer = EMPTY;
   #buffered = 0;
   #size = 0;
@@ -100,10 +154,18 @@ export class MaildirFile {
   #insertAt = 0;
   #closed = false;
 
-  private constructor(dir: string, base: string, file: Deno.FsFile) {
+  private constructor(
+    dir: string,
+    base: string,
+    file: Deno.FsFile,
+    folder: boolean,
+    owner: FileOwner | undefined,
+  ) {
     this.#dir = dir;
     this.#base = base;
     this.#file = file;
+    this.#folder = folder;
+    this.#owner = owner;
   }
 
   /**
@@ -133,7 +195,7 @@ export class MaildirFile {
       file = await Deno.open(path, options);
     }
     if (owner) await Deno.chown(path, owner.uid, owner.gid);
-    return new MaildirFile(dir, base, file);
+    return new MaildirFile(dir, base, file, folder, owner);
   }
 
   /** Octets written so far, trace header fields included. */
@@ -222,7 +284,17 @@ export class MaildirFile {
     // file system changes entries in the page cache and waits for no disk
     // (the directory sync that makes it durable stays on the blocking pool);
     // a trip there and back cost more thread wake-ups than the call.
-    Deno.renameSync(this.tmpPath, path);
+    try {
+      Deno.renameSync(this.tmpPath, path);
+    } catch (error) {
+      // new/ was removed while the message arrived (tmp/ was there, or the
+      // create would have made the Maildir again): made again once, as the
+      // create does, rather than every message failing until someone looks.
+      // Without the file in tmp/ this fails again, and the client retries.
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      await ensureMaildir(into, into === this.#dir ? this.#folder : true, this.#owner);
+      Deno.renameSync(this.tmpPath, path);
+    }
     return path;
   }
 
