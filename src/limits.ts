@@ -65,7 +65,8 @@ export const LIMITS = {
   /**
    * Octets gathered in memory before a write to a message file: one write per
    * 128 KiB instead of one per network read (16 KiB), and one for most whole
-   * messages with their trace headers. 64 deliveries at once hold 8 MiB for it.
+   * messages with their trace headers. A message's buffer starts at 16 KiB
+   * and becomes one of this size only once it outgrows that.
    */
   deliveryWriteBuffer: 131_072,
   /**
