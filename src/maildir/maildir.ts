@@ -74,14 +74,23 @@ export async function fileOwner(root: string): Promise<FileOwner | undefined> {
  * that a power cut cannot take a new mailbox away with the messages already
  * acknowledged into it (ext4 without a journal orders none of this).
  */
-export async function ensureMaildir(dir: string, folder = false, owner?: FileOwner): Promise<void> {
+export function ensureMaildir(dir: string, folder = false, owner?: FileOwner): Promise<void> {
+  // One at a time: a caller must not find a folder that another one has made
+  // but not yet synced, and acknowledge a message in it first.
+  const done = making.then(() => makeMaildir(dir, folder, owner));
+  making = done.catch(() => {});
+  return done;
+}
+let making: Promise<void> = Promise.resolve();
+
+async function makeMaildir(dir: string, folder: boolean, owner?: FileOwner): Promise<void> {
   const made = await missingDirectories(dir);
+  const subs: string[] = [];
   for (const sub of ["tmp", "new", "cur"]) {
-    if (made.length > 0 || !await exists(`${dir}/${sub}`)) made.push(`${dir}/${sub}`);
+    if (made.length > 0 || !await exists(`${dir}/${sub}`)) subs.push(`${dir}/${sub}`);
   }
-  for (const sub of ["tmp", "new", "cur"]) {
-    await Deno.mkdir(`${dir}/${sub}`, { recursive: true, mode: DIRECTORY_MODE });
-  }
+  for (const path of subs) await Deno.mkdir(path, { recursive: true, mode: DIRECTORY_MODE });
+  made.push(...subs);
   const parents = new Set(made.map(parentOf));
   if (folder && !await exists(`${dir}/maildirfolder`)) {
     await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
