@@ -6,6 +6,8 @@
  * @module
  */
 
+import { dirname } from "@std/path/posix/dirname";
+
 /** The `make build` variable that bakes each kind of permission into the binary. */
 const BUILD_VARIABLE = {
   read: "CERT_DIR",
@@ -36,10 +38,12 @@ export function grantSentence(
 ): string {
   const verb = { read: "read", write: "write to", run: "run", net: "connect to" }[kind];
   return `Letterbox may not ${verb} ${value}; grant it with make run PERMISSIONS=--allow-${kind}=${value}, ` +
-    `or build with make build ${variable}=${kind === "read" ? dirname(value) : value}`;
+    `or build with make build ${variable}=${kind === "read" ? folderOf(value) : value}`;
 }
 
-function dirname(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash > 0 ? path.slice(0, slash) : path;
+// CERT_DIR names a folder: the one holding the file. A file at the top level
+// is named itself rather than suggesting all of "/".
+function folderOf(path: string): string {
+  const folder = dirname(path);
+  return folder === "/" || folder === "." ? path : folder;
 }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { dirname } from "@std/path/posix/dirname";
 import { headerEnd } from "../bytes.ts";
 import { LIMITS } from "../limits.ts";
 
@@ -91,7 +92,7 @@ async function makeMaildir(dir: string, folder: boolean, owner?: FileOwner): Pro
   }
   for (const path of subs) await Deno.mkdir(path, { recursive: true, mode: DIRECTORY_MODE });
   made.push(...subs);
-  const parents = new Set(made.map(parentOf));
+  const parents = new Set(made.map((path) => dirname(path)));
   if (folder && !await exists(`${dir}/maildirfolder`)) {
     await Deno.writeFile(`${dir}/maildirfolder`, new Uint8Array(0), { mode: FILE_MODE });
     parents.add(dir);
@@ -119,7 +120,7 @@ async function makeMaildir(dir: string, folder: boolean, owner?: FileOwner): Pro
 // parent beyond the read grant is taken as there: it is not ours to make.
 async function missingDirectories(dir: string): Promise<string[]> {
   const missing: string[] = [];
-  for (let path = dir; path !== "/" && path !== "" && path !== "."; path = parentOf(path)) {
+  for (let path = dir; path !== "/" && path !== "" && path !== "."; path = dirname(path)) {
     try {
       if (await exists(path)) break;
     } catch (error) {
@@ -139,11 +140,6 @@ async function exists(path: string): Promise<boolean> {
     if (error instanceof Deno.errors.NotFound) return false;
     throw error;
   }
-}
-
-function parentOf(path: string): string {
-  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
-  return slash > 0 ? path.slice(0, slash) : slash === 0 ? "/" : ".";
 }
 
 /** A file being written into `tmp/`; {@link commit} moves it into `new/`. */
