@@ -10,12 +10,7 @@
 import type { Address } from "../../protocol/address.ts";
 import { LIMITS } from "../../limits.ts";
 import { REPLIES } from "../../protocol/replies.ts";
-import {
-  ensureMaildir,
-  type FileOwner,
-  MaildirFile,
-  syncDirectoryShared,
-} from "../../maildir/maildir.ts";
+import { type FileOwner, MaildirFile, syncDirectoryShared } from "../../maildir/maildir.ts";
 import type { Envelope } from "../envelope.ts";
 import { ReplyError, storageFailure } from "../failure.ts";
 import { traceHeaders } from "../trace.ts";
@@ -60,7 +55,7 @@ export class MaildirTarget implements Target {
     if (copies.length === 0) {
       throw new ReplyError(REPLIES.localError, `message ${envelope.id} has no copy to store`);
     }
-    const transaction = new MaildirTransaction(copies, this.#owner, this.#inFlight);
+    const transaction = new MaildirTransaction(copies, this.#inFlight);
     try {
       if (copies.length === 1) await this.#open(copies[0], envelope);
       else await settleAll(copies.map((copy) => this.#open(copy, envelope)));
@@ -123,13 +118,11 @@ function junkMaildir(copy: Copy): string {
 
 class MaildirTransaction implements TargetTransaction {
   readonly #copies: Copy[];
-  readonly #owner: FileOwner | undefined;
   readonly #inFlight: { count: number };
   #done = false;
 
-  constructor(copies: Copy[], owner: FileOwner | undefined, inFlight: { count: number }) {
+  constructor(copies: Copy[], inFlight: { count: number }) {
     this.#copies = copies;
-    this.#owner = owner;
     this.#inFlight = inFlight;
     inFlight.count++;
   }
@@ -178,8 +171,10 @@ class MaildirTransaction implements TargetTransaction {
     try {
       // With Promise.all, a copy failing early could let another rename into
       // new/ after the clean-up.
+      // A Junk folder not made yet is made by the commit, when its rename
+      // finds no new/ there: checking first would cost every junk message a
+      // walk of its folders, queued behind every other Maildir being made.
       await settleAll(this.#copies.map(async (copy, i) => {
-        if (into[i] !== copy.maildir) await ensureMaildir(into[i], true, this.#owner);
         const path = await copy.file!.commit(insert, into[i], disposition.removeFields, inline);
         stored[i] = { maildir: into[i], path, recipients: copy.recipients };
       }));
