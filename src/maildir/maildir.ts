@@ -277,7 +277,7 @@ export class MaildirFile {
    * the {@link markInsertionPoint}; `remove` names fields of the message's own
    * header to take out first. `into` is another Maildir on the same file
    * system to file it in instead (a Maildir++ folder such as `.Junk`, made
-   * beforehand). The caller syncs `new/` itself, so that copies can share one
+   * here when the rename finds it missing). The caller syncs `new/` itself, so that copies can share one
    * sync. With `inline` the file's last write and its sync run on this thread
    * (see {@link syncDirectoryShared} for when a caller asks for it).
    */
