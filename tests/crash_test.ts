@@ -41,17 +41,32 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
   const summary: string[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     const root = await Deno.makeTempDir({ prefix: "letterbox-crash-" });
-    const maildir = `${root}/Maildir`;
-    const args = ["--maildir", maildir, "--no-tls"];
-    const server = await spawnServer(args, { maildir: root, useTestCert: false });
-    const messages = makeMessages(random, round);
-    const byId = new Map(messages.map((m) => [m.id, m]));
-    // Kill after a random number of acknowledgements, at least 2,000.
-    const killAfter = 2_000 + Math.floor(random() * 500);
-    const acknowledged = new Set<string>();
-    let cursor = 0;
-    let killed = false;
-    const next = () => killed ? undefined : messages[cursor++];
+    // Whatever fails, the round's files go (its servers stop in crashRound).
+    try {
+      summary.push(await crashRound(root, round, random));
+    } finally {
+      await Deno.remove(root, { recursive: true }).catch(() => {});
+    }
+  }
+  // deno-lint-ignore no-console
+  console.log(summary.join("\n"));
+});
+
+// One round: load, SIGKILL after a random number of 250s, restart over the
+// same Maildir, then every acknowledged message must be there, whole.
+async function crashRound(root: string, round: number, random: () => number): Promise<string> {
+  const maildir = `${root}/Maildir`;
+  const args = ["--maildir", maildir, "--no-tls"];
+  const server = await spawnServer(args, { maildir: root, useTestCert: false });
+  const messages = makeMessages(random, round);
+  const byId = new Map(messages.map((m) => [m.id, m]));
+  // Kill after a random number of acknowledgements, at least 2,000.
+  const killAfter = 2_000 + Math.floor(random() * 500);
+  const acknowledged = new Set<string>();
+  let cursor = 0;
+  let killed = false;
+  const next = () => killed ? undefined : messages[cursor++];
+  try {
     await Promise.all(
       Array.from({ length: CONNECTIONS }, () =>
         sendMessages(server.port, next, (message) => {
@@ -63,38 +78,34 @@ Deno.test("every acknowledged message survives SIGKILL at a random moment, whole
         })),
     );
     assert(killed, `round ${round}: the server was not killed`);
+  } finally {
     await server.stop();
-
-    // Restart over the same Maildir: it must start, and the files must be right.
-    const restarted = await spawnServer(args, { maildir: root, useTestCert: false });
-    try {
-      const names = await newFiles(maildir);
-      const found = new Set<string>();
-      for (const name of names) {
-        const text = await Deno.readTextFile(`${maildir}/new/${name}`);
-        const start = text.indexOf("Message-ID: <");
-        const id = /^Message-ID: <([^@]+)@/.exec(text.slice(start))?.[1] ?? "";
-        const message = byId.get(id);
-        assert(message, `round ${round}: ${name} is not a message we sent`);
-        assertEquals(
-          text.slice(start),
-          stored(message.content),
-          `round ${round}: ${name} is not whole`,
-        );
-        found.add(id);
-      }
-      const lost = [...acknowledged].filter((id) => !found.has(id));
-      assertEquals(lost, [], `round ${round}: acknowledged but missing`);
-      summary.push(
-        `round ${round}: killed after ${acknowledged.size} acknowledged (${cursor} started); ` +
-          `${names.length} in new/, ${acknowledged.size} of ${acknowledged.size} acknowledged survived, ` +
-          `${names.length - acknowledged.size} unacknowledged but whole`,
-      );
-    } finally {
-      await restarted.stop();
-      await Deno.remove(root, { recursive: true });
-    }
   }
-  // deno-lint-ignore no-console
-  console.log(summary.join("\n"));
-});
+
+  // Restart over the same Maildir: it must start, and the files must be right.
+  const restarted = await spawnServer(args, { maildir: root, useTestCert: false });
+  try {
+    const names = await newFiles(maildir);
+    const found = new Set<string>();
+    for (const name of names) {
+      const text = await Deno.readTextFile(`${maildir}/new/${name}`);
+      const start = text.indexOf("Message-ID: <");
+      const id = /^Message-ID: <([^@]+)@/.exec(text.slice(start))?.[1] ?? "";
+      const message = byId.get(id);
+      assert(message, `round ${round}: ${name} is not a message we sent`);
+      assertEquals(
+        text.slice(start),
+        stored(message.content),
+        `round ${round}: ${name} is not whole`,
+      );
+      found.add(id);
+    }
+    const lost = [...acknowledged].filter((id) => !found.has(id));
+    assertEquals(lost, [], `round ${round}: acknowledged but missing`);
+    return `round ${round}: killed after ${acknowledged.size} acknowledged (${cursor} started); ` +
+      `${names.length} in new/, ${acknowledged.size} of ${acknowledged.size} acknowledged survived, ` +
+      `${names.length - acknowledged.size} unacknowledged but whole`;
+  } finally {
+    await restarted.stop();
+  }
+}
