@@ -120,7 +120,7 @@ async function makeMaildir(dir: string, folder: boolean, owner?: FileOwner): Pro
 // parent beyond the read grant is taken as there: it is not ours to make.
 async function missingDirectories(dir: string): Promise<string[]> {
   const missing: string[] = [];
-  for (let path = dir; path !== "/" && path !== "" && path !== "."; path = dirname(path)) {
+  for (let path = dir; path !== "/" && path !== "."; path = dirname(path)) {
     try {
       if (await exists(path)) break;
     } catch (error) {
@@ -277,8 +277,8 @@ export class MaildirFile {
    * the {@link markInsertionPoint}; `remove` names fields of the message's own
    * header to take out first. `into` is another Maildir on the same file
    * system to file it in instead (a Maildir++ folder such as `.Junk`, made
-   * here when the rename finds it missing). The caller syncs `new/` itself, so that copies can share one
-   * sync. With `inline` the file's last write and its sync run on this thread
+   * here when the rename finds it missing). The caller syncs `new/` itself,
+   * so that copies can share one sync. With `inline` the file's last write and its sync run on this thread
    * (see {@link syncDirectoryShared} for when a caller asks for it).
    */
   async commit(

@@ -170,10 +170,10 @@ class MaildirTransaction implements TargetTransaction {
     const into = this.#copies.map((copy) => disposition.junk ? junkMaildir(copy) : copy.maildir);
     try {
       // With Promise.all, a copy failing early could let another rename into
-      // new/ after the clean-up.
-      // A Junk folder not made yet is made by the commit, when its rename
-      // finds no new/ there: checking first would cost every junk message a
-      // walk of its folders, queued behind every other Maildir being made.
+      // new/ after the clean-up. A Junk folder not made yet is made by the
+      // commit, when its rename finds no new/ there: checking first would
+      // cost every junk message a walk of its folders, queued behind every
+      // other Maildir being made.
       await settleAll(this.#copies.map(async (copy, i) => {
         const path = await copy.file!.commit(insert, into[i], disposition.removeFields, inline);
         stored[i] = { maildir: into[i], path, recipients: copy.recipients };
