@@ -83,7 +83,8 @@ Deno.test("a plain message goes to the inbox with its score; the sender's X-Spam
     assertMatch(field(stored, "x-spam-score")!, /^X-Spam-Score: -?\d+\.\d\d$/);
     assertStringIncludes(field(stored, "x-spamd-result")!, "default: False [");
     assertEquals(field(stored, "x-spam"), undefined, "no X-Spam: No from the sender");
-    assert(!stored.includes("-100"), "the sender's score is gone");
+    // The field, not just its value: the random Message-ID may hold "-100".
+    assert(!stored.includes("X-Spam-Score: -100"), "the sender's score is gone");
     // The headers rspamd asks for (milter.add_headers) are applied; the forged one is not kept.
     assert(!stored.includes("X-Rspamd-Server: forged"));
     assertMatch(field(stored, "x-rspamd-queue-id")!, /^X-Rspamd-Queue-Id: \w+/);
